@@ -1,0 +1,499 @@
+"""Sampling values: parameters, requests, results, future answers and stream chunks."""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import attrs
+
+from ..errors import DecodeError, ValidationError
+from ._model_input import ModelInput
+from ._wire import (
+    decode_list,
+    fields_to_json,
+    get_field,
+    int_list,
+    optional_float_list,
+    require_mapping,
+)
+
+__all__ = [
+    "StopReason",
+    "QueueState",
+    "RequestErrorCategory",
+    "SamplingParams",
+    "SampleRequest",
+    "SampledSequence",
+    "SampleResponse",
+    "TopkLogprobs",
+    "TryAgainResponse",
+    "RequestFailedResponse",
+    "CompleteMetadataResponse",
+    "SamplePromise",
+    "StreamChunkKind",
+    "SampleStreamChunk",
+]
+
+TopkLogprobs = Optional[List[Tuple[int, float]]]
+StopSpec = Union[str, List[str], List[int], None]
+
+
+class StopReason(str, enum.Enum):
+    """Why a sequence ended: a stop string/token or EOS (``stop``), or ``max_tokens`` (``length``)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class QueueState(str, enum.Enum):
+    """The server's queue state for a pending request; anything unrecognised is ``UNKNOWN``."""
+
+    ACTIVE = "active"
+    PAUSED_RATE_LIMIT = "paused_rate_limit"
+    PAUSED_CAPACITY = "paused_capacity"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, value: Any) -> QueueState:
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        return cls.UNKNOWN
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RequestErrorCategory(str, enum.Enum):
+    """Who a failed request is blamed on; only ``USER`` failures are not worth retrying."""
+
+    UNKNOWN = "unknown"
+    SERVER = "server"
+    USER = "user"
+
+    @classmethod
+    def parse(cls, value: Any) -> RequestErrorCategory:
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        return cls.UNKNOWN
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _invalid(field: str, value: Any, rule: str) -> ValidationError:
+    return ValidationError(f"{field} {rule}, got {value!r}", field=field, value=value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_stop(value: Any) -> StopSpec:
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise _invalid("stop", value, "must be a str, a list of str or a list of int")
+    items = list(value)
+    if all(isinstance(item, str) for item in items):
+        return items
+    if all(_is_int(item) for item in items):
+        if any(item < 0 for item in items):
+            raise _invalid("stop", value, "token ids must be non-negative")
+        return items
+    raise _invalid("stop", value, "must not mix strings and token ids")
+
+
+def _validate_params(params: SamplingParams) -> None:
+    if params.max_tokens is not None and (not _is_int(params.max_tokens) or params.max_tokens < 0):
+        raise _invalid("max_tokens", params.max_tokens, "must be a non-negative int")
+    if params.seed is not None and not _is_int(params.seed):
+        raise _invalid("seed", params.seed, "must be an int")
+    temperature = params.temperature
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise _invalid("temperature", temperature, "must be a finite number >= 0")
+    if not _is_int(params.top_k) or params.top_k < -1 or params.top_k == 0:
+        raise _invalid("top_k", params.top_k, "must be -1 (no limit) or a positive int")
+    top_p = params.top_p
+    if not _is_number(top_p) or not math.isfinite(top_p) or not 0 < top_p <= 1:
+        raise _invalid("top_p", top_p, "must be in (0, 1]")
+
+
+@attrs.frozen
+class SamplingParams:
+    """How to sample. Validated at construction.
+
+    Args:
+        max_tokens: the most tokens to generate per sequence (None: the server decides).
+        seed: same seed and request give the same tokens.
+        stop: a string, a list of strings or a list of token ids; ``[]`` disables EOS too.
+        temperature: 0 is greedy.
+        top_k: -1 for no limit.
+        top_p: nucleus mass in (0, 1].
+
+    Raises:
+        ValidationError: naming the field and the value.
+
+    Example:
+        >>> SamplingParams(max_tokens=16, temperature=0.7, stop=["\\n"]).to_json()
+        {'max_tokens': 16, 'stop': ['\\n'], 'temperature': 0.7, 'top_k': -1, 'top_p': 1.0}
+    """
+
+    max_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    stop: StopSpec = attrs.field(default=None, converter=_check_stop)
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+
+    def __attrs_post_init__(self) -> None:
+        _validate_params(self)
+
+    def to_json(self) -> dict:
+        return fields_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> SamplingParams:
+        mapping = require_mapping(data, "SamplingParams")
+        what = "SamplingParams"
+        try:
+            return cls(
+                max_tokens=get_field(mapping, "max_tokens", what, int, None),
+                seed=get_field(mapping, "seed", what, int, None),
+                stop=get_field(mapping, "stop", what, (str, list), None),
+                temperature=get_field(mapping, "temperature", what, float, 1.0),
+                top_k=get_field(mapping, "top_k", what, int, -1),
+                top_p=get_field(mapping, "top_p", what, float, 1.0),
+            )
+        except ValidationError as exc:
+            raise DecodeError(f"SamplingParams: {exc}") from None
+
+
+def _check_num_samples(value: Any) -> int:
+    if not _is_int(value) or value < 1:
+        raise _invalid("num_samples", value, "must be a positive int")
+    return value
+
+
+def _check_non_negative(field: str):  # noqa: ANN202 - attrs validator factory
+    def check(_instance: Any, _attribute: Any, value: Any) -> None:
+        if not _is_int(value) or value < 0:
+            raise _invalid(field, value, "must be a non-negative int")
+
+    return check
+
+
+@attrs.frozen
+class SampleRequest:
+    """The body of ``asample`` (and ``stream_sample``); field order is the wire order.
+
+    Example:
+        >>> req = SampleRequest(prompt=ModelInput.from_ints([1]), sampling_params=SamplingParams(),
+        ...                     sampling_session_id="s:sample:0", seq_id=0)
+        >>> req.to_json()["type"]
+        'sample'
+    """
+
+    prompt: ModelInput
+    sampling_params: SamplingParams
+    num_samples: int = attrs.field(default=1, converter=_check_num_samples)
+    sampling_session_id: Optional[str] = None
+    seq_id: Optional[int] = None
+    base_model: Optional[str] = None
+    model_path: Optional[str] = None
+    prompt_logprobs: Optional[bool] = False
+    topk_prompt_logprobs: int = attrs.field(default=0, validator=_check_non_negative("topk_prompt_logprobs"))
+    topk_sample_logprobs: int = 0
+    prompt_alt_tokens_k: int = 0
+    record_stability_info: bool = False
+    type: str = attrs.field(default="sample", init=False)
+
+    def to_json(self) -> dict:
+        out: dict = {
+            "num_samples": self.num_samples,
+            "prompt": self.prompt.to_json(),
+            "sampling_params": self.sampling_params.to_json(),
+        }
+        for name in ("sampling_session_id", "seq_id", "base_model", "model_path", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out["topk_prompt_logprobs"] = self.topk_prompt_logprobs
+        out["topk_sample_logprobs"] = self.topk_sample_logprobs
+        out["prompt_alt_tokens_k"] = self.prompt_alt_tokens_k
+        out["record_stability_info"] = self.record_stability_info
+        out["type"] = "sample"
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> SampleRequest:
+        """Decode a request body (the server's side); raises ``DecodeError`` naming the field."""
+        mapping = require_mapping(data, "SampleRequest")
+        what = "SampleRequest"
+        try:
+            return cls(
+                prompt=ModelInput.from_json(get_field(mapping, "prompt", what)),
+                sampling_params=SamplingParams.from_json(get_field(mapping, "sampling_params", what)),
+                num_samples=get_field(mapping, "num_samples", what, int, 1),
+                sampling_session_id=get_field(mapping, "sampling_session_id", what, str, None),
+                seq_id=get_field(mapping, "seq_id", what, int, None),
+                base_model=get_field(mapping, "base_model", what, str, None),
+                model_path=get_field(mapping, "model_path", what, str, None),
+                prompt_logprobs=get_field(mapping, "prompt_logprobs", what, bool, False),
+                topk_prompt_logprobs=get_field(mapping, "topk_prompt_logprobs", what, int, 0),
+                topk_sample_logprobs=get_field(mapping, "topk_sample_logprobs", what, int, 0),
+                prompt_alt_tokens_k=get_field(mapping, "prompt_alt_tokens_k", what, int, 0),
+                record_stability_info=get_field(mapping, "record_stability_info", what, bool, False),
+            )
+        except ValidationError as exc:
+            raise DecodeError(f"SampleRequest: {exc}") from None
+
+
+def _decode_stop_reason(value: Any) -> StopReason:
+    try:
+        return StopReason(value)
+    except ValueError:
+        raise DecodeError(f"SampledSequence: unknown stop_reason {value!r}") from None
+
+
+def _decode_topk_entry(entry: Any) -> Tuple[int, float]:
+    if isinstance(entry, dict):
+        entry = (entry.get("token_id"), entry.get("logprob"))
+    if (
+        not isinstance(entry, (list, tuple))
+        or len(entry) != 2
+        or not _is_int(entry[0])
+        or not _is_number(entry[1])
+    ):
+        raise DecodeError(f"Invalid topk logprob entry: {entry!r}")
+    return (entry[0], float(entry[1]))
+
+
+def decode_topk_rows(value: Any, what: str) -> List[TopkLogprobs]:
+    """Decode top-k rows: each None or a list of ``(token_id, logprob)`` pairs."""
+    return decode_list(
+        value, what, lambda row: None if row is None else decode_list(row, what, _decode_topk_entry)
+    )
+
+
+@attrs.frozen
+class SampledSequence:
+    """One generated sequence.
+
+    Example:
+        >>> SampledSequence(tokens=[5, 6], logprobs=[-0.5, -1.0], stop_reason=StopReason.LENGTH).stop_reason
+        <StopReason.LENGTH: 'length'>
+    """
+
+    tokens: List[int]
+    logprobs: Optional[List[float]] = None
+    stop_reason: StopReason = StopReason.STOP
+    sequence_id: Optional[str] = None
+    topk_logprobs: Optional[List[TopkLogprobs]] = None
+
+    def to_json(self) -> dict:
+        out: dict = {"stop_reason": self.stop_reason.value, "tokens": self.tokens}
+        out["logprobs"] = self.logprobs
+        if self.sequence_id is not None:
+            out["sequence_id"] = self.sequence_id
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> SampledSequence:
+        mapping = require_mapping(data, "SampledSequence")
+        what = "SampledSequence"
+        logprobs = get_field(mapping, "logprobs", what, list, None)
+        return cls(
+            tokens=int_list(get_field(mapping, "tokens", what, list), "SampledSequence.tokens"),
+            logprobs=None if logprobs is None else optional_float_list(logprobs, "SampledSequence.logprobs"),
+            stop_reason=get_field(mapping, "stop_reason", what, str, StopReason.STOP, _decode_stop_reason),
+            sequence_id=get_field(mapping, "sequence_id", what, str, None),
+        )
+
+
+@attrs.frozen
+class SampleResponse:
+    """The result of a sample (or compute_logprobs) request.
+
+    Example:
+        >>> SampleResponse(sequences=[SampledSequence(tokens=[1])]).prompt_cache_hit_tokens
+        0
+    """
+
+    sequences: List[SampledSequence]
+    prompt_logprobs: Optional[List[Optional[float]]] = None
+    topk_prompt_logprobs: Optional[List[TopkLogprobs]] = None
+    prompt_cache_hit_tokens: int = 0
+    type: str = attrs.field(default="sample", init=False)
+
+    def to_json(self) -> dict:
+        """The legacy JSON result form (protocol 6.4)."""
+        topk = self.topk_prompt_logprobs
+        return {
+            "type": "sample",
+            "sequences": [seq.to_json() for seq in self.sequences],
+            "prompt_logprobs": self.prompt_logprobs,
+            "topk_prompt_logprobs": None if topk is None else [None if r is None else [list(e) for e in r] for r in topk],
+            "prompt_cache_hit_tokens": self.prompt_cache_hit_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SampleResponse:
+        mapping = require_mapping(data, "SampleResponse")
+        what = "SampleResponse"
+        prompt_logprobs = get_field(mapping, "prompt_logprobs", what, list, None)
+        topk = get_field(mapping, "topk_prompt_logprobs", what, list, None)
+        return cls(
+            sequences=decode_list(get_field(mapping, "sequences", what, list), what, SampledSequence.from_json),
+            prompt_logprobs=None if prompt_logprobs is None else optional_float_list(prompt_logprobs, what),
+            topk_prompt_logprobs=None if topk is None else decode_topk_rows(topk, what),
+            prompt_cache_hit_tokens=get_field(mapping, "prompt_cache_hit_tokens", what, int, 0),
+        )
+
+    def with_sequence_ids(self, sequence_ids: Sequence[str]) -> SampleResponse:
+        """Return a copy whose sequences carry the promise's ``sample_sequence_ids`` in order."""
+        if not sequence_ids:
+            return self
+        ids = list(sequence_ids)
+        sequences = [
+            attrs.evolve(seq, sequence_id=ids[i]) if i < len(ids) else seq for i, seq in enumerate(self.sequences)
+        ]
+        return attrs.evolve(self, sequences=sequences)
+
+
+@attrs.frozen
+class SamplePromise:
+    """The answer to ``asample``: a handle to poll with ``retrieve_future``."""
+
+    request_id: str
+    model_id: Optional[str] = None
+    sample_sequence_ids: Optional[List[str]] = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> SamplePromise:
+        mapping = require_mapping(data, "SamplePromise")
+        ids = get_field(mapping, "sample_sequence_ids", "SamplePromise", list, None)
+        if ids is not None and not all(isinstance(item, str) for item in ids):
+            raise DecodeError("SamplePromise: sample_sequence_ids must be strings")
+        return cls(
+            request_id=get_field(mapping, "request_id", "SamplePromise", str),
+            model_id=get_field(mapping, "model_id", "SamplePromise", str, None),
+            sample_sequence_ids=ids,
+        )
+
+    def to_json(self) -> dict:
+        return {"request_id": self.request_id, "model_id": self.model_id, "sample_sequence_ids": self.sample_sequence_ids}
+
+
+@attrs.frozen
+class TryAgainResponse:
+    """A pending future: poll again. ``queue_state`` says why it waits."""
+
+    request_id: str
+    queue_state: QueueState = QueueState.UNKNOWN
+    queue_state_reason: Optional[str] = None
+    type: str = attrs.field(default="try_again", init=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> TryAgainResponse:
+        mapping = require_mapping(data, "TryAgainResponse")
+        kind = mapping.get("type")
+        if not isinstance(kind, str) or kind.lower() != "try_again":
+            raise DecodeError(f"TryAgainResponse: type must be 'try_again', got {kind!r}")
+        return cls(
+            request_id=get_field(mapping, "request_id", "TryAgainResponse", str),
+            queue_state=QueueState.parse(mapping.get("queue_state")),
+            queue_state_reason=get_field(mapping, "queue_state_reason", "TryAgainResponse", str, None),
+        )
+
+    def to_json(self) -> dict:
+        return fields_to_json(self)
+
+
+@attrs.frozen
+class RequestFailedResponse:
+    """A failed future: ``error`` is the server's message."""
+
+    error: str
+    category: RequestErrorCategory = RequestErrorCategory.UNKNOWN
+
+    @classmethod
+    def from_json(cls, data: Any) -> RequestFailedResponse:
+        mapping = require_mapping(data, "RequestFailedResponse")
+        return cls(
+            error=get_field(mapping, "error", "RequestFailedResponse", str),
+            category=RequestErrorCategory.parse(mapping.get("category")),
+        )
+
+    def to_json(self) -> dict:
+        return {"error": self.error, "category": self.category.value}
+
+
+@attrs.frozen
+class CompleteMetadataResponse:
+    """The result is ready and ``response_payload_size`` bytes long; re-poll for it."""
+
+    response_payload_size: int
+    status: str = attrs.field(default="complete_metadata", init=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> CompleteMetadataResponse:
+        mapping = require_mapping(data, "CompleteMetadataResponse")
+        return cls(response_payload_size=get_field(mapping, "response_payload_size", "CompleteMetadataResponse", int))
+
+    def to_json(self) -> dict:
+        return {"status": "complete_metadata", "response_payload_size": self.response_payload_size}
+
+
+class StreamChunkKind(str, enum.Enum):
+    """What a stream chunk holds: a token, the end of a sequence, or a failure."""
+
+    TOKEN = "token"
+    DONE = "done"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class SampleStreamChunk:
+    """One event of ``sample_stream``.
+
+    Example:
+        >>> SampleStreamChunk(kind=StreamChunkKind.TOKEN, token_id=72, token="H", index=0).is_token
+        True
+    """
+
+    kind: StreamChunkKind
+    sequence_index: int = 0
+    index: Optional[int] = None
+    token_id: Optional[int] = None
+    token: Optional[str] = None
+    logprob: Optional[float] = None
+    finish_reason: Optional[StopReason] = None
+    total_tokens: Optional[int] = None
+    message: Optional[str] = None
+    category: Optional[RequestErrorCategory] = None
+
+    @property
+    def is_token(self) -> bool:
+        return self.kind is StreamChunkKind.TOKEN
+
+    @property
+    def is_done(self) -> bool:
+        return self.kind is StreamChunkKind.DONE
