@@ -189,7 +189,7 @@ def _check_num_samples(value: Any) -> int:
     return value
 
 
-def _check_non_negative(field: str):  # noqa: ANN202 - attrs validator factory
+def _check_non_negative(field: str):
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
         if not _is_int(value) or value < 0:
             raise _invalid(field, value, "must be a non-negative int")
@@ -347,7 +347,9 @@ class SampleResponse:
             "type": "sample",
             "sequences": [seq.to_json() for seq in self.sequences],
             "prompt_logprobs": self.prompt_logprobs,
-            "topk_prompt_logprobs": None if topk is None else [None if r is None else [list(e) for e in r] for r in topk],
+            "topk_prompt_logprobs": None if topk is None else [
+                None if row is None else [list(entry) for entry in row] for row in topk
+            ],
             "prompt_cache_hit_tokens": self.prompt_cache_hit_tokens,
         }
 
@@ -396,7 +398,9 @@ class SamplePromise:
         )
 
     def to_json(self) -> dict:
-        return {"request_id": self.request_id, "model_id": self.model_id, "sample_sequence_ids": self.sample_sequence_ids}
+        return {
+            "request_id": self.request_id, "model_id": self.model_id, "sample_sequence_ids": self.sample_sequence_ids,
+        }
 
 
 @attrs.frozen

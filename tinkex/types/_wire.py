@@ -117,9 +117,9 @@ def decode_object(cls: Type[T], data: Any) -> T:
     for field in attrs.fields(cls):  # type: ignore[arg-type]
         if not field.init or field.metadata.get("wire") is False:
             continue
-        default = _ABSENT if field.default is attrs.NOTHING else field.default
+        default: Any = _ABSENT if field.default is attrs.NOTHING else field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[attr-defined]
+            default = default.factory()
         kwargs[field.name] = get_field(
             mapping, field.name, what, field.metadata.get("kind"), default, field.metadata.get("decode")
         )

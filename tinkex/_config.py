@@ -1,0 +1,185 @@
+"""Client configuration: one frozen value resolved from arguments, then the environment.
+
+The hot path never reads the environment; everything is resolved here once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import time
+import warnings
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import attrs
+
+from .errors import ValidationError
+
+__all__ = ["Config", "DEFAULT_BASE_URL", "redact_key", "check_api_key"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
+_TRUTHY = frozenset({"1", "true", "yes", "on"})
+_FALSY = frozenset({"0", "false", "no", "off"})
+_MISSING_KEY_MESSAGE = (
+    "The api_key client option must be set by passing api_key to the client "
+    "or by setting the TINKER_API_KEY environment variable"
+)
+_verify_warned = False
+
+
+def redact_key(key: Optional[str]) -> str:
+    """Return a form of ``key`` safe to show: its prefix only."""
+    if not key:
+        return "<unset>"
+    return key[:4] + "…" if key.startswith(("tml-", "eyJ")) else "<redacted>"
+
+
+def _jwt_expiry(token: str) -> Optional[float]:
+    try:
+        payload = token.split(".")[1]
+        padded = payload + "=" * (-len(payload) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(padded))
+        exp = claims["exp"]
+        return float(exp)
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_api_key(key: Optional[str]) -> str:
+    """Check an API key's form before any traffic; return it unchanged.
+
+    Raises:
+        ValidationError: when missing, of the wrong form, or an expired JWT. The message
+            says how to set a key and never contains the key itself.
+    """
+    if not key:
+        raise ValidationError(_MISSING_KEY_MESSAGE, field="api_key", value=None)
+    if key.startswith("eyJ"):
+        expiry = _jwt_expiry(key)
+        if expiry is None:
+            raise ValidationError("The api_key looks like a JWT but has no readable expiry", field="api_key",
+                                  value=redact_key(key))
+        if expiry <= time.time():
+            raise ValidationError("The api_key JWT has expired", field="api_key", value=redact_key(key))
+        return key
+    if not key.startswith("tml-"):
+        raise ValidationError(
+            "The api_key must start with the 'tml-' prefix (set TINKER_API_KEY or pass api_key=...)",
+            field="api_key",
+            value=redact_key(key),
+        )
+    return key
+
+
+def _env(name: str, environ: Mapping[str, str]) -> Optional[str]:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _env_flag(name: str, environ: Mapping[str, str], default: bool) -> bool:
+    value = (_env(name, environ) or "").lower()
+    if value in _TRUTHY:
+        return True
+    if value in _FALSY:
+        return False
+    return default
+
+
+def _parse_tags(raw: Optional[str]) -> Tuple[str, ...]:
+    if not raw:
+        return ()
+    return tuple(sorted({tag.strip() for tag in raw.split(",") if tag.strip()}))
+
+
+def _check_base_url(url: str) -> str:
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or url[-3:] == "://":
+        raise ValidationError(f"base_url must be an http(s) URL, got {url!r}", field="base_url", value=url)
+    return url.rstrip("/")
+
+
+def _positive(_instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValidationError(f"{attribute.name} must be a positive number, got {value!r}",
+                              field=attribute.name, value=value)
+
+
+def _non_negative_int(_instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(f"{attribute.name} must be a non-negative int, got {value!r}",
+                              field=attribute.name, value=value)
+
+
+@attrs.frozen(repr=False)
+class Config:
+    """Everything a client needs to talk to one Tinker service; immutable.
+
+    Build it with :meth:`from_env`, which takes explicit arguments first, then the
+    ``TINKER_*`` environment variables, then the defaults. The API key is checked before
+    any network traffic and never appears in ``repr``/``str``.
+
+    Example:
+        >>> cfg = Config.from_env(api_key="tml-abc", base_url="http://127.0.0.1:8000")
+        >>> cfg
+        Config(base_url='http://127.0.0.1:8000', api_key='tml-…')
+    """
+
+    api_key: str = attrs.field(converter=check_api_key)
+    base_url: str = attrs.field(default=DEFAULT_BASE_URL, converter=_check_base_url)
+    timeout: float = attrs.field(default=60.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    max_retries: int = attrs.field(default=10, validator=_non_negative_int)
+    tags: Tuple[str, ...] = ()
+    project_id: Optional[str] = None
+    user_metadata: Dict[str, Any] = attrs.field(factory=dict)
+    telemetry: bool = True
+    log_level: Optional[str] = None
+    cf_access_client_id: Optional[str] = None
+    cf_access_client_secret: Optional[str] = None
+    verify: Union[bool, str] = True
+    default_headers: Dict[str, str] = attrs.field(factory=dict)
+    max_response_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_non_negative_int)
+
+    def __repr__(self) -> str:
+        return f"Config(base_url={self.base_url!r}, api_key={redact_key(self.api_key)!r})"
+
+    __str__ = __repr__
+
+    def __getstate__(self) -> Dict[str, Any]:
+        raise TypeError("Config holds the API key and is not picklable; pickle a SamplingClient instead")
+
+    @classmethod
+    def from_env(
+        cls, api_key: Optional[str] = None, base_url: Optional[str] = None,
+        environ: Optional[Mapping[str, str]] = None, **overrides: Any,
+    ) -> Config:
+        """Resolve arguments, then ``TINKER_*`` variables, then defaults."""
+        env = os.environ if environ is None else environ
+        values: Dict[str, Any] = {
+            "api_key": api_key or _env("TINKER_API_KEY", env),
+            "base_url": base_url or _env("TINKER_BASE_URL", env) or DEFAULT_BASE_URL,
+            "tags": _parse_tags(_env("TINKER_TAGS", env)),
+            "project_id": _env("TINKER_PROJECT_ID", env),
+            "telemetry": _env_flag("TINKER_TELEMETRY", env, True),
+            "log_level": (_env("TINKER_LOG", env) or "").lower() or None,
+            "cf_access_client_id": _env("CLOUDFLARE_ACCESS_CLIENT_ID", env),
+            "cf_access_client_secret": _env("CLOUDFLARE_ACCESS_CLIENT_SECRET", env),
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        config = cls(**values)
+        if config.verify is False:
+            _warn_verify_off()
+        return config
+
+    def evolve(self, **changes: Any) -> Config:
+        return attrs.evolve(self, **changes)
+
+
+def _warn_verify_off() -> None:
+    global _verify_warned
+    if not _verify_warned:
+        _verify_warned = True
+        warnings.warn("TLS certificate verification is turned off (verify=False)", stacklevel=3)

@@ -1,0 +1,82 @@
+"""Pickling a SamplingClient into another process (protocol.md 7.11).
+
+The pickle holds the session and sampling-session ids, the handshake's configuration and
+the client's policies. The API key travels only when the ServiceClient was created with
+``pickle_api_key=True``; otherwise the unpickling process takes it from ``TINKER_API_KEY``.
+Unpickling builds (or, within one process, reuses) a client that joins the same sampling
+session with seq_ids starting at ``clone_id × 10^9``; it runs its own heartbeat and never
+finishes the session, which belongs to the original.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Tuple
+
+import attrs
+
+from ._futures import PollPolicy
+from ._retry import RetryConfig
+from ._session import SessionInfo
+from .types import ClientConfig, DynamicConfig
+
+__all__ = ["reduce_sampling_client", "restore_sampling_client"]
+
+_CONFIG_FIELDS = ("timeout", "connect_timeout", "max_retries", "tags", "project_id", "telemetry", "verify",
+                  "default_headers", "max_response_bytes")
+_restored: Dict[Tuple[str, str], Any] = {}
+_restored_lock = threading.Lock()  # guards _restored: one clone per sampling session per process
+
+
+def reduce_sampling_client(client: Any) -> Any:
+    state = client.wait_ready()._state
+    holder = client._holder
+    config = holder.config
+    info = holder.info
+    payload = {
+        "base_url": config.base_url,
+        "api_key": config.api_key if client._pickle_api_key else None,
+        "config": {name: getattr(config, name) for name in _CONFIG_FIELDS},
+        "session": {"session_id": info.session_id, "client_config": info.client_config.to_json(),
+                    "dynamic_config": info.dynamic_config.to_json()},
+        "sampling_session_id": state.sampling_session_id,
+        "base_model": state.base_model,
+        "model_path": state.model_path,
+        "retry_config": attrs.asdict(state.retry_config),
+        "poll_policy": attrs.asdict(state.poll_policy),
+        "max_workers": client._max_workers,
+        "pickle_api_key": client._pickle_api_key,
+    }
+    return (restore_sampling_client, (payload,))
+
+
+def restore_sampling_client(payload: Dict[str, Any]) -> Any:
+    key = (payload["base_url"], payload["sampling_session_id"])
+    with _restored_lock:
+        existing = _restored.get(key)
+        if existing is not None and not existing.closed:
+            return existing
+        client = _build(payload)
+        _restored[key] = client
+    return client.wait_ready()
+
+
+def _build(payload: Dict[str, Any]) -> Any:
+    from ._config import Config
+    from ._session import Holder
+    from .sampling_client import SamplingClient
+
+    config = Config.from_env(api_key=payload["api_key"], base_url=payload["base_url"], **payload["config"])
+    holder = Holder(config)
+    session = payload["session"]
+    holder.adopt(SessionInfo(
+        session_id=session["session_id"],
+        client_config=ClientConfig.from_json(session["client_config"]),
+        dynamic_config=DynamicConfig.from_json(session["dynamic_config"]),
+    ))
+    return SamplingClient(
+        holder, sampling_session_id=payload["sampling_session_id"], base_model=payload["base_model"],
+        model_path=payload["model_path"], retry_config=RetryConfig(**payload["retry_config"]),
+        poll_policy=PollPolicy(**payload["poll_policy"]), max_workers=payload["max_workers"],
+        owns_holder=True, clone=True, pickle_api_key=payload["pickle_api_key"],
+    )

@@ -1,0 +1,263 @@
+"""The per-ServiceClient session: start-up handshake, shared limits, heartbeat and finish.
+
+One :class:`Holder` per ServiceClient (the official SDK's "holder"): it owns the transport,
+the session id, the dispatch/backoff/response-byte limits shared by its sampling clients,
+the heartbeat thread and the telemetry reporter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from typing import Any, Callable, Optional
+
+import attrs
+
+from ._config import Config
+from ._limits import BackoffGate, BytesBudget, DispatchGate
+from ._retry import SYSTEM_CLOCK, Clock
+from ._transport import Transport
+from ._version import __version__
+from .errors import APIError, APIStatusError, ClientClosedError, NotFoundError, TinkexError
+from .telemetry import TelemetryReporter
+from .types import (
+    ClientConfig,
+    CreateSessionRequest,
+    CreateSessionResponse,
+    DynamicConfig,
+    FinishSessionRequest,
+    SessionHeartbeatRequest,
+)
+
+__all__ = ["Holder", "SessionInfo", "HEARTBEAT_INTERVAL"]
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 10.0
+HEARTBEAT_WARN_AFTER = 120.0
+DYNAMIC_CONFIG_MIN_REFRESH = 10.0
+
+
+@attrs.frozen
+class SessionInfo:
+    """What the handshake learned; replaced whole, never mutated."""
+
+    session_id: str
+    client_config: ClientConfig
+    dynamic_config: DynamicConfig
+
+
+class Holder:
+    """Owns one session with the service and everything its sampling clients share.
+
+    Thread-safety: safe to share between threads; ``start`` runs the handshake once under a
+    lock, the session info is published by one reference assignment, and the heartbeat runs
+    on a daemon thread that ``close()`` stops and joins.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        pool_size: int = 128,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        user_metadata: Optional[dict] = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.transport = Transport(config, pool_size=pool_size, clock=clock, stop_event=self.stop_event)
+        self.backoff = BackoffGate(clock=clock)
+        self._heartbeat_interval = heartbeat_interval
+        self._user_metadata = dict(user_metadata or config.user_metadata)
+        self._lock = threading.Lock()
+        self._info: Optional[SessionInfo] = None
+        self._sampling_seq = itertools.count()
+        self._heartbeat: Optional[threading.Thread] = None
+        self._listeners: list = []
+        self.dispatch: Optional[DispatchGate] = None
+        self.response_budget: Optional[BytesBudget] = None
+        self.reporter: Optional[TelemetryReporter] = None
+        self._closed = False
+
+    @property
+    def info(self) -> SessionInfo:
+        """The session, starting it on first use."""
+        info = self._info
+        return info if info is not None else self.start()
+
+    def start(self) -> SessionInfo:
+        """Run the handshake once: client/config, dynamic_config, create_session."""
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the ServiceClient is closed")
+            if self._info is None:
+                self._info = self._handshake()
+                self._start_background()
+            return self._info
+
+    def adopt(self, info: SessionInfo) -> None:
+        """Join an existing session (an unpickled client): no create_session, own heartbeat."""
+        with self._lock:
+            if self._info is None:
+                self._configure_limits(info.client_config)
+                self._info = info
+                self._start_background()
+
+    def _handshake(self) -> SessionInfo:
+        client_config = ClientConfig.from_json(
+            self.transport.request("POST", "client/config", body={"sdk_version": __version__}).json("client/config")
+        )
+        if client_config.pjwt_auth_enabled:
+            self._exchange_jwt()
+        dynamic = self._fetch_dynamic_config()
+        self._configure_limits(client_config)
+        session_id = self._create_session()
+        return SessionInfo(session_id=session_id, client_config=client_config, dynamic_config=dynamic)
+
+    def _exchange_jwt(self) -> None:
+        answer = self.transport.request("POST", "auth/token", body={}).json("auth/token")
+        jwt = answer.get("jwt") if isinstance(answer, dict) else None
+        if not isinstance(jwt, str) or not jwt:
+            raise TinkexError("auth/token answered without a jwt")
+        self.transport.set_credential(jwt)
+
+    def _fetch_dynamic_config(self) -> DynamicConfig:
+        try:
+            answer = self.transport.request(
+                "POST", "client/dynamic_config", body={"sdk_version": __version__}, read_timeout=10.0, max_retries=0
+            )
+        except NotFoundError:
+            return DynamicConfig()
+        return DynamicConfig.from_json(answer.json("client/dynamic_config"))
+
+    def _configure_limits(self, client_config: ClientConfig) -> None:
+        self.dispatch = DispatchGate(
+            byte_budget=client_config.sample_dispatch_bytes_semaphore_size, backoff=self.backoff, clock=self.clock
+        )
+        self.response_budget = BytesBudget(client_config.inflight_response_bytes_semaphore_size)
+
+    def _create_session(self) -> str:
+        request = CreateSessionRequest(
+            tags=list(self.config.tags), user_metadata=self._user_metadata, sdk_version=__version__,
+            project_id=self.config.project_id,
+        )
+        answer = CreateSessionResponse.from_json(
+            self.transport.request("POST", "create_session", body=request).json("create_session")
+        )
+        for level, message in ((logging.INFO, answer.info_message), (logging.WARNING, answer.warning_message),
+                               (logging.ERROR, answer.error_message)):
+            if message:
+                logger.log(level, "%s", message)
+        return answer.session_id
+
+    def next_sampling_session_seq_id(self) -> int:
+        return next(self._sampling_seq)
+
+    def add_dynamic_config_listener(self, listener: Callable[[DynamicConfig], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _start_background(self) -> None:
+        info = self._info
+        assert info is not None
+        if self.config.telemetry:
+            self.reporter = TelemetryReporter(
+                self._send_telemetry, session_id=info.session_id, sdk_version=__version__, clock=self.clock
+            )
+            self.reporter.session_start()
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name=f"tinkex-heartbeat-{info.session_id}", daemon=True
+        )
+        self._heartbeat.start()
+
+    def _send_telemetry(self, payload: dict) -> None:
+        self.transport.request("POST", "telemetry", body=payload, read_timeout=5.0, max_retries=1)
+
+    def _heartbeat_loop(self) -> None:
+        info = self._info
+        assert info is not None
+        last_success = self.clock.monotonic()
+        next_refresh = last_success + max(info.dynamic_config.refresh_interval_sec, DYNAMIC_CONFIG_MIN_REFRESH)
+        while not self.stop_event.wait(self._heartbeat_interval):
+            outcome = self._beat(info.session_id, last_success)
+            if outcome == "finished":
+                return
+            if outcome == "ok":
+                last_success = self.clock.monotonic()
+            if self.clock.monotonic() >= next_refresh:
+                next_refresh = self.clock.monotonic() + self._refresh_dynamic_config()
+
+    def _beat(self, session_id: str, last_success: float) -> str:
+        try:
+            self.transport.request(
+                "POST", "session_heartbeat", body=SessionHeartbeatRequest(session_id=session_id),
+                read_timeout=10.0, max_retries=0,
+            )
+            return "ok"
+        except APIStatusError as exc:
+            if exc.status_code == 410:
+                logger.info("Session %s has finished; stopping its heartbeat loop.", session_id)
+                return "finished"
+            self._warn_heartbeat(session_id, last_success, exc)
+        except APIError as exc:
+            self._warn_heartbeat(session_id, last_success, exc)
+        return "failed"
+
+    def _warn_heartbeat(self, session_id: str, last_success: float, exc: Exception) -> None:
+        silent_for = self.clock.monotonic() - last_success
+        if silent_for > HEARTBEAT_WARN_AFTER:
+            logger.warning(
+                "Session heartbeat failed for %.0f seconds for session %s. Last exception: %s: %s. "
+                "Your connection may be unreliable or Tinker is down. If this persists, the session "
+                "will be terminated.", silent_for, session_id, type(exc).__name__, exc,
+            )
+
+    def _refresh_dynamic_config(self) -> float:
+        info = self._info
+        assert info is not None
+        try:
+            dynamic = self._fetch_dynamic_config()
+        except TinkexError as exc:
+            logger.debug("dynamic_config refresh failed, keeping the old values: %s", exc)
+            return max(info.dynamic_config.refresh_interval_sec, DYNAMIC_CONFIG_MIN_REFRESH)
+        if dynamic != info.dynamic_config:
+            self._info = attrs.evolve(info, dynamic_config=dynamic)
+            with self._lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                listener(dynamic)
+        return max(dynamic.refresh_interval_sec, DYNAMIC_CONFIG_MIN_REFRESH)
+
+    def close(self, reason: str = "success", detail: Optional[str] = None, *, finish: bool = True) -> None:
+        """Finish the session, stop the heartbeat and telemetry, close the pool; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            info = self._info
+        if info is not None and finish:
+            self._finish(info.session_id, reason, detail)
+        if self.reporter is not None:
+            self.reporter.close()
+        self.transport.close()  # also sets stop_event and aborts a heartbeat blocked in a read
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join(timeout=15.0)
+
+    def _finish(self, session_id: str, reason: str, detail: Optional[str]) -> None:
+        try:
+            self.transport.request(
+                "POST", f"sessions/{session_id}/finish", body=FinishSessionRequest(reason=reason, detail=detail),
+                max_retries=2, read_timeout=10.0,
+            )
+        except TinkexError as exc:
+            logger.warning("Could not finish session %s: %s", session_id, exc)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def describe(self) -> Any:
+        return {"base_url": self.config.base_url, "session_id": self._info.session_id if self._info else None}

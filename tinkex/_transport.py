@@ -1,0 +1,404 @@
+"""HTTP transport: one ``requests.Session`` per client, headers, one call with its HTTP-layer retries.
+
+Everything ``requests`` raises is turned into :mod:`tinkex.errors` here; nothing above this
+module sees a ``requests`` exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import threading
+import uuid
+import weakref
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from urllib.parse import urlsplit
+
+import attrs
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import _codec
+from ._config import Config
+from ._retry import SYSTEM_CLOCK, Clock, HTTPRetryPolicy, is_retryable_status, parse_retry_after
+from ._version import __version__
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    TinkexError,
+    status_error_class,
+)
+
+__all__ = ["Response", "Transport", "USER_AGENT"]
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"tinkex/{__version__} python/{'.'.join(platform.python_version_tuple()[:2])}"
+BODY_EXCERPT_CHARS = 500
+_CREDENTIAL_HEADERS = ("X-API-Key", "Authorization", "CF-Access-Client-Id", "CF-Access-Client-Secret")
+_READ_CHUNK = 64 * 1024
+
+RetryListener = Callable[[str], None]
+
+
+@attrs.frozen
+class Response:
+    """A fully read HTTP answer."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+    url: str
+
+    def json(self, what: str) -> Any:
+        return _codec.loads(self.content, what=what)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """An adapter that remembers its sockets, so ``close()`` can abort calls blocked in a read."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        registry = self.connections
+        for scheme, pool_cls in list(self.poolmanager.pool_classes_by_scheme.items()):
+            self.poolmanager.pool_classes_by_scheme[scheme] = _tracking_pool(pool_cls, registry)
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def _tracking_pool(pool_cls: Any, registry: Any) -> Any:
+    class TrackingPool(pool_cls):
+        def _new_conn(self) -> Any:
+            conn = super()._new_conn()
+            registry.add(conn)
+            return conn
+
+    return TrackingPool
+
+
+class _Session(requests.Session):
+    """A Session that drops every credential header when a redirect leaves the original host."""
+
+    def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            for name in _CREDENTIAL_HEADERS:
+                prepared_request.headers.pop(name, None)
+
+
+def _excerpt(content: bytes, secret: str) -> str:
+    text = content[: BODY_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    if secret:
+        text = text.replace(secret, "<redacted>")
+    if len(text) > BODY_EXCERPT_CHARS:
+        text = text[:BODY_EXCERPT_CHARS] + "…"
+    return text
+
+
+def _request_id_of(content: bytes, headers: Mapping[str, str]) -> Optional[str]:
+    header = headers.get("x-request-id")
+    if header:
+        return header
+    if content[:1] == b"{" and len(content) < 65536:
+        try:
+            value = _codec.loads(content, what="error body")
+        except TinkexError:
+            return None
+        if isinstance(value, dict) and isinstance(value.get("request_id"), str):
+            return value["request_id"]
+    return None
+
+
+def status_error(response: Response, secret: str = "") -> APIStatusError:
+    """Build the typed error for a non-2xx answer, its body excerpt capped and scrubbed."""
+    excerpt = _excerpt(response.content, secret)
+    cls = status_error_class(response.status)
+    return cls(
+        f"Error code: {response.status} - {excerpt}" if excerpt else f"Error code: {response.status}",
+        status_code=response.status,
+        body=excerpt,
+        request_id=_request_id_of(response.content, response.headers),
+        retry_after=parse_retry_after(response.headers, SYSTEM_CLOCK.wall()),
+    )
+
+
+def is_bare_400(response: Response) -> bool:
+    """A 400 with an empty body: a proxy rejection, treated as a connection error (7.2)."""
+    return response.status == 400 and not response.content.strip()
+
+
+class Transport:
+    """Sends HTTP calls for one client and maps every failure to a tinkex error.
+
+    Thread-safety: safe to share between threads; the session's connection pool is sized for
+    the client's workers and the credential is swapped by one reference assignment.
+
+    Example:
+        >>> transport = Transport(Config.from_env(api_key="tml-x", base_url="http://127.0.0.1:1"))
+        >>> transport.close()
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pool_size: int = 64,
+        clock: Clock = SYSTEM_CLOCK,
+        stop_event: Optional[threading.Event] = None,
+        on_retry: Optional[RetryListener] = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.retry_policy = HTTPRetryPolicy(max_retries=config.max_retries)
+        self._stop = stop_event if stop_event is not None else threading.Event()
+        self._on_retry = on_retry
+        self._credential = config.api_key
+        self._base_headers = self._build_base_headers()
+        self._session = self._build_session(pool_size)
+        self._closed = False
+
+    def _build_session(self, pool_size: int) -> requests.Session:
+        session = _Session()
+        self._adapter = _TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        session.mount("http://", self._adapter)
+        session.mount("https://", self._adapter)
+        session.verify = self.config.verify
+        session.headers.clear()
+        # Resolve proxies once: per-call environment lookups cost more than the rest of a call.
+        session.proxies.update(requests.utils.get_environ_proxies(self.config.base_url))
+        session.trust_env = False
+        return session
+
+    def _build_base_headers(self) -> Dict[str, str]:
+        headers = {
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "gzip, deflate",
+            "Connection": "keep-alive",
+        }
+        if self.config.cf_access_client_id:
+            headers["CF-Access-Client-Id"] = self.config.cf_access_client_id
+        if self.config.cf_access_client_secret:
+            headers["CF-Access-Client-Secret"] = self.config.cf_access_client_secret
+        headers.update(self.config.default_headers)
+        return headers
+
+    @property
+    def stop_event(self) -> threading.Event:
+        """Set by ``close()``; waits of calls on this transport watch it."""
+        return self._stop
+
+    def derive(self, *, pool_size: int) -> Transport:
+        """A transport with its own pool and stop event, sharing this one's current credential."""
+        other = Transport(self.config, pool_size=pool_size, clock=self.clock, on_retry=self._on_retry)
+        other.set_credential(self._credential)
+        return other
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    def set_credential(self, credential: str) -> None:
+        """Use ``credential`` (for example an exchanged JWT) as ``X-API-Key`` from now on."""
+        self._credential = credential
+
+    def url(self, path: str) -> str:
+        return f"{self.config.base_url}/api/v1/{path.lstrip('/')}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        read_timeout: Optional[float] = None,
+        max_retries: Optional[int] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        deadline: Optional[float] = None,
+        check: bool = True,
+    ) -> Response:
+        """Send one logical call, resending it on retryable failures (same idempotency key).
+
+        Args:
+            method: ``GET`` or ``POST``.
+            path: the path under ``/api/v1/``.
+            body: a JSON-encodable value, an attrs value with ``to_json``, or raw bytes.
+            read_timeout: seconds for each socket read (default ``config.timeout``).
+            max_retries: HTTP-layer retries (default ``config.max_retries``; 0 for none).
+            headers: extra headers for this call.
+            deadline: a ``clock.monotonic()`` instant after which the call fails with
+                :class:`APITimeoutError`.
+            check: raise the typed status error on a non-2xx answer (else return it).
+
+        Raises:
+            APIStatusError: a non-2xx answer (when ``check``), subclass by status.
+            APIConnectionError: no usable answer; :class:`APITimeoutError` for timeouts.
+        """
+        payload = _encode_body(body)
+        call_headers = self._call_headers(method, payload, headers, read_timeout)
+        retries = self.config.max_retries if max_retries is None else max_retries
+        taken = 0
+        while True:
+            call_headers["x-stainless-retry-count"] = str(taken)
+            try:
+                response = self._send_once(method, path, payload, call_headers, read_timeout, deadline)
+            except APIConnectionError as exc:
+                if taken >= retries or isinstance(exc, _DeadlineExceeded):
+                    raise
+                delay, cause = self.retry_policy.delay(taken, {}, self.clock), "connection"
+            else:
+                retryable = not (200 <= response.status < 300) and (
+                    is_retryable_status(response.status, response.headers) or is_bare_400(response)
+                )
+                if not retryable or taken >= retries:
+                    return self._finish(response, check)
+                delay, cause = self.retry_policy.delay(taken, response.headers, self.clock), str(response.status)
+            taken += 1
+            self._before_retry(method, path, cause, delay, deadline)
+
+    def _before_retry(self, method: str, path: str, cause: str, delay: float, deadline: Optional[float]) -> None:
+        if deadline is not None and self.clock.monotonic() + delay >= deadline:
+            raise _DeadlineExceeded(f"{method} {self.url(path)} ran out of time while retrying", url=self.url(path))
+        logger.debug("Retrying %s %s in %.2fs after %s", method, path, delay, cause)
+        if self._on_retry is not None:
+            self._on_retry(cause)
+        if self.clock.sleep(delay, self._stop):
+            raise APIConnectionError(f"{method} {self.url(path)} abandoned: the client is closing", url=self.url(path))
+
+    def error_for(self, response: Response) -> APIStatusError:
+        """The typed error for a non-2xx answer, with the credential scrubbed from the excerpt."""
+        return status_error(response, self._credential)
+
+    def _finish(self, response: Response, check: bool) -> Response:
+        if not check or 200 <= response.status < 300:
+            return response
+        if is_bare_400(response):
+            raise APIConnectionError(
+                f"{response.url} answered 400 with an empty body (a proxy rejection)", url=response.url
+            )
+        raise self.error_for(response)
+
+    def _call_headers(
+        self, method: str, payload: Optional[bytes], extra: Optional[Mapping[str, str]], read_timeout: Optional[float]
+    ) -> Dict[str, str]:
+        headers = dict(self._base_headers)
+        headers["X-API-Key"] = self._credential
+        headers["x-stainless-read-timeout"] = str(read_timeout or self.config.timeout)
+        if method != "GET":
+            headers["X-Idempotency-Key"] = f"tinkex-retry-{uuid.uuid4()}"
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def _timeouts(self, read_timeout: Optional[float], deadline: Optional[float]) -> tuple:
+        read = read_timeout or self.config.timeout
+        connect = self.config.connect_timeout
+        if deadline is not None:
+            remaining = deadline - self.clock.monotonic()
+            if remaining <= 0:
+                raise _DeadlineExceeded("the call's deadline passed before it was sent")
+            read, connect = min(read, remaining), min(connect, remaining)
+        return (connect, read)
+
+    def _send_once(
+        self, method: str, path: str, payload: Optional[bytes], headers: Dict[str, str],
+        read_timeout: Optional[float], deadline: Optional[float],
+    ) -> Response:
+        raw = self.open(method, path, payload, headers, read_timeout, deadline)
+        try:
+            content = self._read_body(raw, deadline)
+        finally:
+            raw.close()
+        return Response(status=raw.status_code, headers=raw.headers, content=content, url=raw.url)
+
+    def open(
+        self, method: str, path: str, payload: Optional[bytes], headers: Mapping[str, str],
+        read_timeout: Optional[float], deadline: Optional[float],
+    ) -> requests.Response:
+        """Send once and return the streaming ``requests`` response (the caller closes it)."""
+        if self._closed:
+            raise APIConnectionError("the client is closed", url=self.url(path))
+        url = self.url(path)
+        timeouts = self._timeouts(read_timeout, deadline)
+        try:
+            return self._session.request(method, url, data=payload, headers=headers, timeout=timeouts, stream=True)
+        except requests.exceptions.Timeout as exc:
+            raise APITimeoutError(f"{method} {url} timed out ({type(exc).__name__})", url=url) from None
+        except requests.exceptions.RequestException as exc:
+            raise APIConnectionError(f"{method} {url} failed: {_describe(exc)}", url=url) from None
+
+    def _read_body(self, raw: requests.Response, deadline: Optional[float]) -> bytes:
+        limit = self.config.max_response_bytes
+        declared = raw.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIConnectionError(
+                f"{raw.url} answered {declared} bytes, over max_response_bytes={limit}", url=raw.url
+            )
+        try:
+            return b"".join(self._chunks(raw, limit, deadline))
+        except requests.exceptions.RequestException as exc:
+            error = APITimeoutError if "timed out" in str(exc).lower() else APIConnectionError
+            raise error(f"reading the answer of {raw.url} failed: {_describe(exc)}", url=raw.url) from None
+
+    def _chunks(self, raw: requests.Response, limit: int, deadline: Optional[float]) -> Iterator[bytes]:
+        total = 0
+        for chunk in raw.iter_content(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise APIConnectionError(f"{raw.url} answered more than max_response_bytes={limit}", url=raw.url)
+            if deadline is not None and self.clock.monotonic() > deadline:
+                raise _DeadlineExceeded(f"reading the answer of {raw.url} ran past the deadline", url=raw.url)
+            yield chunk
+
+    def close(self) -> None:
+        """Close the pool and abort calls still blocked in a read; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._stop.set()
+            self._adapter.abort_all()
+            self._session.close()
+
+
+class _DeadlineExceeded(APITimeoutError):
+    """The caller's deadline passed: never retried by the HTTP layer."""
+
+
+def _describe(exc: BaseException) -> str:
+    reason = exc.__class__.__name__
+    inner = exc.args[0] if exc.args else None
+    inner_reason = getattr(inner, "reason", None)
+    if inner_reason is not None:
+        return f"{reason}: {type(inner_reason).__name__}"
+    return reason
+
+
+def _encode_body(body: Any) -> Optional[bytes]:
+    if body is None:
+        return None
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body)
+    encode = getattr(body, "to_json", None)
+    return _codec.dumps(encode() if encode is not None else body)
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
