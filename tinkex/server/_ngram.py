@@ -418,8 +418,12 @@ def _write_cache(path: str, grams: Grams) -> None:
 def _read_cache(path: str) -> Optional[Grams]:
     """The cached counts, or None when the file is missing, unreadable or not what this version wrote."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return _checked_grams(archive)
+        with open(path, "rb") as cached:  # our own handle: np.load leaks its own when parsing fails
+            archive = np.load(cached, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            with archive:
+                return _checked_grams(archive)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
