@@ -58,9 +58,7 @@ def dumps(value: Any) -> bytes:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         chars = exc.object[exc.start : exc.end]
-        raise ValidationError(
-            f"string is not encodable as UTF-8: {chars!r}", field="value", value=chars
-        ) from None
+        raise ValidationError(f"string is not encodable as UTF-8: {chars!r}", field="value", value=chars) from None
 
 
 def _value_error(value: Any, exc: ValueError) -> ValidationError:
@@ -112,9 +110,7 @@ def loads(data: Union[bytes, bytearray, memoryview, str], *, what: str) -> Any:
         except UnicodeDecodeError as exc:
             window = max(0, exc.start - _EXCERPT_CHARS // 2)
             excerpt = _excerpt(raw[window : window + _EXCERPT_CHARS].decode("utf-8", "replace"), 0)
-            raise DecodeError(
-                f"{what}: invalid UTF-8 at offset {exc.start}: {excerpt}", offset=exc.start
-            ) from None
+            raise DecodeError(f"{what}: invalid UTF-8 at offset {exc.start}: {excerpt}", offset=exc.start) from None
     try:
         return _decoder.decode(text)
     except json.JSONDecodeError as exc:

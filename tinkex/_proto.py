@@ -119,20 +119,15 @@ def _walk(buf: bytes, pos: int, end: int) -> Iterator[_Field]:
             pos = value + size
             if pos > end:
                 raise DecodeError(
-                    f"field {number}: length {size} at offset {key_pos} runs past the end of its message "
-                    f"({end})",
+                    f"field {number}: length {size} at offset {key_pos} runs past the end of its message ({end})",
                     offset=key_pos,
                 )
         elif wire in (_FIXED32, _FIXED64):
             value, pos = pos, pos + (4 if wire == _FIXED32 else 8)
             if pos > end:
-                raise DecodeError(
-                    f"field {number}: truncated fixed-width value at offset {key_pos}", offset=key_pos
-                )
+                raise DecodeError(f"field {number}: truncated fixed-width value at offset {key_pos}", offset=key_pos)
         else:
-            raise DecodeError(
-                f"field {number}: unsupported wire type {wire} at offset {key_pos}", offset=key_pos
-            )
+            raise DecodeError(f"field {number}: unsupported wire type {wire} at offset {key_pos}", offset=key_pos)
         yield key_pos, number, wire, value, pos
 
 
@@ -187,8 +182,7 @@ def _topk_rows(buf: bytes, parts: Optional[_TopkParts], name: str) -> Optional[L
     logprobs = _unpack(buf, parts.logprobs or empty, "f", f"{name}.logprobs")
     if len(token_ids) != cells or len(logprobs) != cells:
         raise DecodeError(
-            f"{name}: {len(token_ids)} token ids and {len(logprobs)} logprobs "
-            f"for k={k} x length={parts.length}",
+            f"{name}: {len(token_ids)} token ids and {len(logprobs)} logprobs for k={k} x length={parts.length}",
             offset=parts.offset,
         )
     pairs = list(zip(token_ids, logprobs))
@@ -343,9 +337,7 @@ def _pack(code: str, values: Sequence, field: str) -> bytes:
     except (OverflowError, TypeError):
         bad = next((value for value in values if not _packs(code, value)), values)
         kind = "int32" if code == "i" else "float32"
-        raise ValidationError(
-            f"{field} must hold {kind} values, got {bad!r}", field=field, value=bad
-        ) from None
+        raise ValidationError(f"{field} must hold {kind} values, got {bad!r}", field=field, value=bad) from None
     if _BIG_ENDIAN_HOST:
         packed.byteswap()
     return packed.tobytes()
