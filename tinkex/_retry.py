@@ -35,8 +35,11 @@ class Clock:
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     random: Callable[[], float] = random.random
+    sleeper: Optional[Callable[[float, Any], bool]] = None
 
     def sleep(self, seconds: float, stop: Any = None) -> bool:
+        if self.sleeper is not None:
+            return self.sleeper(seconds, stop)
         if seconds <= 0:
             return bool(stop is not None and stop.is_set())
         if stop is None:

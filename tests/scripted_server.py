@@ -1,0 +1,120 @@
+"""A small scripted HTTP server on 127.0.0.1 for transport-level tests.
+
+Each test queues answers per path; the server records every request it receives. It is a
+test peer for behaviour the local Tinker server never shows on purpose (redirects to other
+hosts, odd status codes, hostile bodies).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
+
+import attrs
+
+
+@attrs.frozen
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: Tuple[Tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    delay: float = 0.0
+    drop: bool = False
+
+
+@attrs.frozen
+class Recorded:
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: bytes
+
+
+Script = Union[Answer, Callable[[Recorded], Answer]]
+
+
+class ScriptedServer:
+    """Serves queued answers; an unscripted path answers 404. Thread-safe: one lock guards the script."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._script: Dict[str, Deque[Script]] = collections.defaultdict(collections.deque)
+        self._default: Dict[str, Script] = {}
+        self.requests: List[Recorded] = []
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def queue(self, path: str, *answers: Script) -> None:
+        with self._lock:
+            self._script[path].extend(answers)
+
+    def always(self, path: str, answer: Script) -> None:
+        with self._lock:
+            self._default[path] = answer
+
+    def calls(self, path: str) -> List[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def _next(self, recorded: Recorded) -> Optional[Answer]:
+        with self._lock:
+            self.requests.append(recorded)
+            queued = self._script.get(recorded.path)
+            script = queued.popleft() if queued else self._default.get(recorded.path)
+        if script is None:
+            return None
+        return script(recorded) if callable(script) else script
+
+    def _handler_class(self) -> type:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                recorded = Recorded(self.command, self.path, {k: v for k, v in self.headers.items()}, body)
+                answer = owner._next(recorded) or Answer(status=404, body=b'{"detail":"not scripted"}')
+                if answer.delay:
+                    time.sleep(answer.delay)
+                if answer.drop:
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.body)))
+                self.end_headers()
+                self.wfile.write(answer.body)
+
+            do_GET = do_POST = _serve
+
+        return Handler
