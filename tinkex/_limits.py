@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from typing import Any, Deque, Iterator, Optional
+from typing import Any, ContextManager, Deque, Iterator, Optional
 
 from ._retry import SYSTEM_CLOCK, Clock
 from .errors import APITimeoutError, ClientClosedError
@@ -286,31 +286,65 @@ class DispatchGate:
         self.backoff = backoff
         self._clock = clock
 
-    @contextlib.contextmanager
     def admit(
         self,
         estimated_bytes: int,
         *,
         stop: Optional[threading.Event] = None,
         deadline: Optional[float] = None,
-    ) -> Iterator[None]:
+    ) -> ContextManager[None]:
         """Hold every limit for a ``with`` block; acquired in order, released in reverse.
 
-        Raises:
+        Raises (on entering the block):
             ClientClosedError: ``stop`` was set while waiting.
             APITimeoutError: ``deadline`` passed while waiting.
         """
-        throttled = self.backoff.throttled()
-        charge = estimated_bytes * THROTTLE_PENALTY if throttled else estimated_bytes
-        wait = {"stop": stop, "deadline": deadline, "clock": self._clock}
-        with contextlib.ExitStack() as held:
-            held.enter_context(self.slots.hold(1, **wait))
-            if throttled:
-                held.enter_context(self.throttled_slots.hold(1, **wait))
-            held.enter_context(self.bytes.hold(charge, **wait))
-            yield
+        return _Admission(self, estimated_bytes, stop, deadline)
 
     def wake_waiters(self) -> None:
         """Wake every waiter so it re-checks its stop event now (call after setting one)."""
         for limit in (self.slots, self.throttled_slots, self.bytes):
             limit.wake_waiters()
+
+
+class _Admission:
+    """One request's hold on a DispatchGate (a plain class: the hot path avoids generator overhead)."""
+
+    __slots__ = ("_gate", "_bytes", "_stop", "_deadline", "_throttled", "_charge")
+
+    def __init__(self, gate: DispatchGate, estimated_bytes: int, stop: Optional[threading.Event],
+                 deadline: Optional[float]) -> None:
+        self._gate = gate
+        self._bytes = estimated_bytes
+        self._stop = stop
+        self._deadline = deadline
+        self._throttled = False
+        self._charge = 0
+
+    def __enter__(self) -> None:
+        gate = self._gate
+        self._throttled = gate.backoff.throttled()
+        self._charge = self._bytes * THROTTLE_PENALTY if self._throttled else self._bytes
+        self._take(gate.slots, 1)
+        try:
+            if self._throttled:
+                self._take(gate.throttled_slots, 1)
+            try:
+                self._take(gate.bytes, self._charge)
+            except BaseException:
+                if self._throttled:
+                    gate.throttled_slots.release(1)
+                raise
+        except BaseException:
+            gate.slots.release(1)
+            raise
+
+    def _take(self, limit: _FifoCounter, n: int) -> None:
+        limit.acquire(n, stop=self._stop, deadline=self._deadline, clock=self._gate._clock)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        gate = self._gate
+        gate.bytes.release(self._charge)
+        if self._throttled:
+            gate.throttled_slots.release(1)
+        gate.slots.release(1)
