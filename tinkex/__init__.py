@@ -9,6 +9,9 @@ Example:
 import logging
 
 from . import errors, types
+from ._config import Config
+from ._futures import PollPolicy, SampleFuture
+from ._retry import RetryConfig
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -31,11 +34,25 @@ from .errors import (
     UnprocessableEntityError,
     ValidationError,
 )
+from .queue_state import QueueStateLogger, QueueStateObserver
+from .sampling_client import SamplingClient
+from .service_client import ServiceClient
+from .telemetry import Telemetry, TelemetrySnapshot
 
 __all__ = [
     "__version__",
     "errors",
     "types",
+    "Config",
+    "PollPolicy",
+    "QueueStateLogger",
+    "QueueStateObserver",
+    "RetryConfig",
+    "SampleFuture",
+    "SamplingClient",
+    "ServiceClient",
+    "Telemetry",
+    "TelemetrySnapshot",
     "APIConnectionError",
     "APIError",
     "APIStatusError",

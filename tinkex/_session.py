@@ -165,7 +165,8 @@ class Holder:
         assert info is not None
         if self.config.telemetry:
             self.reporter = TelemetryReporter(
-                self._send_telemetry, session_id=info.session_id, sdk_version=__version__, clock=self.clock
+                self._send_telemetry, session_id=info.session_id, sdk_version=__version__, clock=self.clock,
+                secrets=(self.config.api_key,),
             )
             self.reporter.session_start()
         self._heartbeat = threading.Thread(
