@@ -150,7 +150,7 @@ class Sampler:
             stop=self.stop, cancel=call.cancel, deadline=call.deadline,
             on_queue_state=lambda qs, reason: self.reporter.report(qs, reason, request_id),
             on_event=self._on_poll_event,
-            reserve_bytes=lambda n: budget.hold(n, stop=self.stop, deadline=call.deadline),
+            reserve_bytes=lambda n: budget.hold(n, stop=self.stop, deadline=call.deadline, clock=self.clock),
             watchdog=lambda: self._check_progress(state),
         )
 

@@ -244,8 +244,15 @@ class Holder:
         if self.reporter is not None:
             self.reporter.close()
         self.transport.close()  # also sets stop_event and aborts a heartbeat blocked in a read
+        self.wake_waiters()
         if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
             self._heartbeat.join(timeout=15.0)
+
+    def wake_waiters(self) -> None:
+        """Make every call queued on the shared limits re-check its stop event now."""
+        for limit in (self.dispatch, self.response_budget):
+            if limit is not None:
+                limit.wake_waiters()
 
     def _finish(self, session_id: str, reason: str, detail: Optional[str]) -> None:
         try:

@@ -358,6 +358,7 @@ class SamplingClient:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._transport.close()  # aborts reads still blocked, so the workers unwind now
+            self._holder.wake_waiters()
             self._executor.shutdown(wait=True)
         if self._owns_holder:
             self._holder.close(finish=not self._clone)
