@@ -1,0 +1,131 @@
+"""The local server's settings: one frozen value built by ``LocalServer`` or the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, Optional, Tuple
+
+import attrs
+
+from ..errors import ValidationError
+
+__all__ = ["ServerSettings", "is_loopback_host"]
+
+
+def _positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValidationError(
+            f"{attribute.name} must be a positive number, got {value!r}", field=attribute.name, value=value
+        )
+
+
+def _non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValidationError(
+            f"{attribute.name} must be a non-negative number, got {value!r}", field=attribute.name, value=value
+        )
+
+
+def _keys(value: Any) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    keys = tuple(value)
+    for key in keys:
+        if not isinstance(key, str) or not key.strip():
+            raise ValidationError("api_keys must be non-empty strings", field="api_keys")
+    return keys
+
+
+def _config_dict(value: Any) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"expected a dict of flags, got {type(value).__name__}", field="config", value=value)
+    return dict(value)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class ServerSettings:
+    """Every knob of the local server; times in seconds, sizes in bytes.
+
+    Args:
+        host: the address to bind; anything but loopback needs ``api_keys``.
+        port: the port to bind, 0 for a free one.
+        api_keys: the only keys accepted; empty means any ``tml-`` key (loopback only).
+        poll_hold_s: how long ``retrieve_future`` / ``retrieve_futures`` hold a pending poll.
+        max_concurrent_generations: generations running at once; more wait in a FIFO queue.
+        session_pending_limit: unfinished requests per session before ``asample`` answers 429.
+        session_expiry_s: a session with no heartbeat (or sampling) for this long expires.
+        promise_expiry_s: a finished result nobody retrieved is forgotten (410) after this.
+        result_retention_s: a delivered result stays retrievable this long.
+        tombstone_s: how long a forgotten request still answers 410 rather than 404.
+        metadata_threshold_bytes: results larger than this answer ``complete_metadata`` first.
+        max_body_bytes: request bodies above this get 413.
+        max_num_samples: the largest ``num_samples`` accepted.
+        max_topk: the largest ``topk_prompt_logprobs`` / ``topk_sample_logprobs`` accepted.
+        token_delay_ms: simulated decoding time per generated token.
+        sse_keepalive_s: idle time after which a stream gets a ``: keep-alive`` comment.
+        jwt_enabled: advertise ``pjwt_auth_enabled`` so clients exchange keys for JWTs.
+        jwt_ttl_s: lifetime of a JWT from ``auth/token``.
+        client_config: ``client/config`` flags overriding the defaults (unknown flags pass through).
+        dynamic_config: ``client/dynamic_config`` flags overriding the defaults.
+        inline_cheap_models: run models that declare themselves cheap (echo) on the event loop.
+        shutdown_timeout_s: how long ``stop`` lets in-flight requests finish.
+
+    Example:
+        >>> ServerSettings(poll_hold_s=0.5).poll_hold_s
+        0.5
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_keys: Tuple[str, ...] = attrs.field(default=(), converter=_keys, repr=False)
+    poll_hold_s: float = attrs.field(default=10.0, validator=_positive)
+    max_concurrent_generations: int = attrs.field(default=4, validator=_positive)
+    session_pending_limit: int = attrs.field(default=4096, validator=_positive)
+    session_expiry_s: float = attrs.field(default=300.0, validator=_positive)
+    promise_expiry_s: float = attrs.field(default=600.0, validator=_positive)
+    result_retention_s: float = attrs.field(default=120.0, validator=_positive)
+    tombstone_s: float = attrs.field(default=900.0, validator=_positive)
+    metadata_threshold_bytes: int = attrs.field(default=65536, validator=_non_negative)
+    max_body_bytes: int = attrs.field(default=10 * 1024 * 1024, validator=_positive)
+    max_num_samples: int = attrs.field(default=128, validator=_positive)
+    max_topk: int = attrs.field(default=64, validator=_positive)
+    token_delay_ms: float = attrs.field(default=0.0, validator=_non_negative)
+    sse_keepalive_s: float = attrs.field(default=10.0, validator=_positive)
+    jwt_enabled: bool = False
+    jwt_ttl_s: float = attrs.field(default=3600.0, validator=_positive)
+    client_config: Dict[str, Any] = attrs.field(factory=dict, converter=_config_dict)
+    dynamic_config: Dict[str, Any] = attrs.field(factory=dict, converter=_config_dict)
+    inline_cheap_models: bool = True
+    shutdown_timeout_s: float = attrs.field(default=1.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if not is_loopback_host(self.host) and not self.api_keys:
+            raise ValidationError(
+                f"binding {self.host!r} (not loopback) requires explicit api_keys", field="host", value=self.host
+            )
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValidationError(f"port must be in [0, 65535], got {self.port!r}", field="port", value=self.port)
+
+    @property
+    def token_delay_s(self) -> float:
+        return self.token_delay_ms / 1000.0
+
+    def describe_keys(self) -> Optional[str]:
+        """How keys are checked, for start-up logs (never the keys themselves)."""
+        if self.api_keys:
+            return f"{len(self.api_keys)} configured API key(s)"
+        return "any key starting with 'tml-'"

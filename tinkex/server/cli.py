@@ -1,0 +1,102 @@
+"""``tinkex serve``: run the local Tinker-compatible server until Ctrl-C (or SIGTERM).
+
+Example:
+    $ tinkex serve --port 8000 --model tinkex/echo --faults "seed=1,asample.500=0.05"
+    tinkex server on http://127.0.0.1:8000 (models: tinkex/echo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any, List, Optional, Sequence
+
+from ..errors import ValidationError
+from .local import LocalServer
+from .model import available_models
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser(prog: str = "tinkex serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Run a local Tinker-compatible sampling server.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --api-key)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (0 = a free one)")
+    parser.add_argument(
+        "--model", action="append", dest="models", metavar="NAME",
+        help=f"model to serve, repeatable (default: all of {', '.join(available_models())})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--faults", metavar="SPEC", help="fault profile: a spec string or JSON (see tinkex.server.faults)"
+    )
+    parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="accepted key, repeatable")
+    parser.add_argument("--token-delay-ms", type=float, default=0.0, help="simulated decoding time per token")
+    parser.add_argument("--corpus", metavar="FILE", help="train the n-gram model on FILE instead of the Python docs")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where the trained n-gram model is cached")
+    parser.add_argument("--poll-hold-s", type=float, default=10.0, help="how long a pending poll is held")
+    parser.add_argument("--max-concurrent-generations", type=int, default=4, help="generations at once")
+    parser.add_argument("--session-expiry-s", type=float, default=300.0, help="session lifetime without heartbeats")
+    parser.add_argument("--promise-expiry-s", type=float, default=600.0, help="lifetime of an unretrieved result")
+    parser.add_argument("--jwt", action="store_true", help="ask clients to exchange their key for a JWT")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def _server(args: argparse.Namespace) -> LocalServer:
+    models = args.models or available_models()
+    return LocalServer(
+        host=args.host,
+        port=args.port,
+        models=models,
+        api_keys=args.api_keys,
+        faults=args.faults,
+        token_delay_ms=args.token_delay_ms,
+        poll_hold_s=args.poll_hold_s,
+        max_concurrent_generations=args.max_concurrent_generations,
+        session_expiry_s=args.session_expiry_s,
+        promise_expiry_s=args.promise_expiry_s,
+        corpus_path=args.corpus,
+        cache_dir=args.cache_dir,
+        jwt_enabled=args.jwt,
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the server until interrupted; returns the exit status (2 for bad arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = _server(args)
+        server.start()
+    except (ValidationError, OSError) as exc:
+        print(f"tinkex serve: error: {exc}", file=sys.stderr)
+        return 2
+    models: List[str] = args.models or available_models()
+    print(f"tinkex server on {server.base_url} (models: {', '.join(models)})", flush=True)
+    if not args.api_keys:
+        print(f"accepting any API key starting with 'tml-', e.g. TINKER_API_KEY={server.api_key}", flush=True)
+    try:
+        _wait_for_signal()
+    finally:
+        server.stop()
+    print("tinkex server stopped", flush=True)
+    return 0
