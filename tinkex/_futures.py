@@ -16,6 +16,7 @@ from ._retry import Clock
 from ._transport import Response, Transport, is_bare_400
 from .errors import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     ClientClosedError,
     DecodeError,
@@ -247,13 +248,19 @@ def _handle_answer(
     if status == 402:
         _handle_billing(ctx, state, response)
         return None
-    raise ctx.transport.error_for(response)
+    raise _fatal(ctx.transport.error_for(response))
+
+
+def _fatal(error: APIStatusError) -> APIStatusError:
+    """Mark a poll error the whole-call layer must not retry (the official SDK's ValueError)."""
+    error.fatal = True
+    return error
 
 
 def _handle_bad_request(ctx: PollContext, state: _PollState, response: Response) -> None:
     state.bad_requests += 1
     if state.bad_requests > ctx.policy.bad_request_repolls:
-        raise ctx.transport.error_for(response)
+        raise _fatal(ctx.transport.error_for(response))
     state.last_error = ctx.transport.error_for(response)
 
 

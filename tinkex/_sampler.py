@@ -70,6 +70,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, (APIConnectionError, PromiseExpiredError)):
         return True
     if isinstance(exc, APIStatusError):
+        if exc.fatal:
+            return False
         return exc.status_code in _RETRYABLE_STATUSES or exc.status_code >= 500
     return False
 

@@ -110,6 +110,7 @@ class APIStatusError(APIError):
         status_code: the HTTP status.
         body: a capped excerpt of the response body (text).
         retry_after: seconds the server asked to wait, if it said.
+        fatal: True when retrying cannot help (a fatal answer while polling a future).
 
     Example:
         >>> APIStatusError("Error code: 418", status_code=418).status_code
@@ -129,6 +130,7 @@ class APIStatusError(APIError):
         self.status_code = status_code
         self.body = body
         self.retry_after = retry_after
+        self.fatal = False
 
 
 class BadRequestError(APIStatusError):
