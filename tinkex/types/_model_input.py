@@ -176,6 +176,37 @@ class ModelInput:
         return cls(chunks=[EncodedTextChunk(tokens=tokens)])
 
     @classmethod
+    def from_text(cls, text: str, *, model_name: Optional[str] = None, tokenizer: Any = None) -> ModelInput:
+        """Encode ``text`` with the model's tokenizer into an input of one text chunk.
+
+        The text is encoded as is: **no chat template is applied** (build chat prompts with
+        your own template, then pass the string or its ids).
+
+        Args:
+            text: the prompt text.
+            model_name: the model whose tokenizer to use (see :func:`tinkex.tokenizers.get_tokenizer`).
+            tokenizer: a tokenizer to use instead of looking one up by ``model_name``.
+
+        Raises:
+            ValidationError: neither ``model_name`` nor ``tokenizer`` given, or ``text`` not a str.
+            tinkex.tokenizers.TokenizerNotFoundError: no tokenizer found offline for ``model_name``.
+
+        Example:
+            >>> ModelInput.from_text("Hi", model_name="tinkex/ngram-small").to_ints()
+            [72, 105]
+        """
+        if tokenizer is None:
+            if model_name is None:
+                raise ValidationError("model_name is required to encode text", field="model_name", value=None)
+            from ..tokenizers import get_tokenizer
+
+            tokenizer = get_tokenizer(model_name)
+        if not isinstance(text, str):
+            raise ValidationError(f"text must be a str, got {type(text).__name__}", field="text",
+                                  value=type(text).__name__)
+        return cls.from_ints(tokenizer.encode(text))
+
+    @classmethod
     def empty(cls) -> ModelInput:
         return cls(chunks=[])
 

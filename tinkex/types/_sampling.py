@@ -290,6 +290,14 @@ def decode_topk_rows(value: Any, what: str) -> List[TopkLogprobs]:
     )
 
 
+def _tokenizer(tokenizer: Any) -> Any:
+    if isinstance(tokenizer, str):
+        from ..tokenizers import get_tokenizer
+
+        return get_tokenizer(tokenizer)
+    return tokenizer
+
+
 @attrs.frozen
 class SampledSequence:
     """One generated sequence.
@@ -304,6 +312,18 @@ class SampledSequence:
     stop_reason: StopReason = StopReason.STOP
     sequence_id: Optional[str] = None
     topk_logprobs: Optional[List[TopkLogprobs]] = None
+
+    def decode(self, tokenizer: Any) -> str:
+        """The text of ``tokens``, special tokens skipped.
+
+        Args:
+            tokenizer: a tokenizer (e.g. ``client.get_tokenizer()``) or a model name to look one up.
+
+        Example:
+            >>> SampledSequence(tokens=[104, 105, 257]).decode("tinkex/byte")
+            'hi'
+        """
+        return _tokenizer(tokenizer).decode(self.tokens)
 
     def to_json(self) -> dict:
         out: dict = {"stop_reason": self.stop_reason.value, "tokens": self.tokens}
@@ -365,6 +385,16 @@ class SampleResponse:
             topk_prompt_logprobs=None if topk is None else decode_topk_rows(topk, what),
             prompt_cache_hit_tokens=get_field(mapping, "prompt_cache_hit_tokens", what, int, 0),
         )
+
+    def texts(self, tokenizer: Any) -> List[str]:
+        """The decoded text of every sequence, in order (see :meth:`SampledSequence.decode`).
+
+        Example:
+            >>> SampleResponse(sequences=[SampledSequence(tokens=[111, 107])]).texts("tinkex/byte")
+            ['ok']
+        """
+        decoder = _tokenizer(tokenizer)
+        return [decoder.decode(seq.tokens) for seq in self.sequences]
 
     def with_sequence_ids(self, sequence_ids: Sequence[str]) -> SampleResponse:
         """Return a copy whose sequences carry the promise's ``sample_sequence_ids`` in order."""
