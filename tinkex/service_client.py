@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 
 from ._config import Config
 from ._futures import PollPolicy
+from ._logging import apply_log_level
 from ._retry import SYSTEM_CLOCK, Clock, RetryConfig
 from ._session import HEARTBEAT_INTERVAL, Holder
 from .errors import ClientClosedError
@@ -64,6 +65,7 @@ class ServiceClient:
             api_key, base_url, timeout=timeout, max_retries=max_retries, project_id=project_id,
             user_metadata=user_metadata, verify=verify, default_headers=default_headers,
         )
+        apply_log_level(self.config.log_level)
         self._holder = Holder(self.config, clock=clock, heartbeat_interval=heartbeat_interval)
         self._clock = clock
         self._pickle_api_key = pickle_api_key

@@ -121,3 +121,28 @@ def test_retry_config_validates(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as info:
         RetryConfig(**{field: value})
     assert info.value.field == field
+
+
+def test_tinker_log_turns_on_tinkex_logging() -> None:
+    import logging
+
+    from tinkex import _logging
+
+    logger = logging.getLogger("tinkex")
+    before = (logger.level, list(logger.handlers))
+    try:
+        _logging.apply_log_level("nonsense")
+        assert logger.level == before[0]
+        _logging.apply_log_level("INFO")
+        assert logger.level == logging.INFO and any(isinstance(h, logging.StreamHandler) for h in logger.handlers)
+        _logging.apply_log_level("debug")
+        assert logger.level == logging.DEBUG and logging.getLogger("urllib3").level == logging.DEBUG
+    finally:
+        logger.setLevel(before[0])
+        logging.getLogger("urllib3").setLevel(logging.NOTSET)
+        for handler in list(logger.handlers):
+            if handler not in before[1]:
+                logger.removeHandler(handler)
+        for handler in list(logging.getLogger("urllib3").handlers):
+            logging.getLogger("urllib3").removeHandler(handler)
+        _logging._handler = None
