@@ -125,12 +125,13 @@ class APIStatusError(APIError):
         body: Optional[str] = None,
         request_id: Optional[str] = None,
         retry_after: Optional[float] = None,
+        fatal: bool = False,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status_code = status_code
         self.body = body
         self.retry_after = retry_after
-        self.fatal = False
+        self.fatal = fatal
 
 
 class BadRequestError(APIStatusError):
