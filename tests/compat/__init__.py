@@ -1,0 +1,1 @@
+"""Compatibility with the official tinker SDK (run in a side virtualenv)."""
