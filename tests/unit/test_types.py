@@ -364,6 +364,7 @@ _ATTRIBUTE_VALUES: Dict[str, Any] = {
     "field": "top_p",
     "value": [2.0],
     "offset": 7,
+    "fatal": True,
 }
 EXCEPTION_CLASSES = [
     obj for obj in vars(errors).values() if inspect.isclass(obj) and issubclass(obj, errors.TinkexError)
