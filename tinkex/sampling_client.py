@@ -279,7 +279,11 @@ class SamplingClient:
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
-        executor.submit(self._run, future, call, finish, state)
+        try:
+            executor.submit(self._run, future, call, finish, state)
+        except RuntimeError:  # the pool shut down between the closed check and here
+            future.cancel()
+            raise ClientClosedError("this SamplingClient is closed") from None
         return future
 
     def _forget(self, future: Future) -> None:
