@@ -67,7 +67,8 @@ class Engine:
         self.clock = clock
         self.stats = Stats()
         self.store = Store(settings, clock)
-        self.auth = Authenticator(settings)
+        wall_start, clock_start = time.time(), clock()
+        self.auth = Authenticator(settings, clock=lambda: wall_start + clock() - clock_start)
         self.faults = FaultInjector(faults or FaultProfile(), clock)
         self.scheduler = Scheduler(
             loop=loop,

@@ -24,8 +24,16 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ENGINE_KEY: web.AppKey[Engine] = web.AppKey("tinkex_engine", Engine)
-PRINCIPAL = "tinkex_principal"
-DROP_AFTER = "tinkex_drop_after"
+
+
+def _request_key(name: str, kind: type) -> Any:
+    """A typed request-storage key where aiohttp has them (3.12+), else the plain name."""
+    factory = getattr(web, "RequestKey", None)
+    return factory(name, kind) if factory is not None else name
+
+
+PRINCIPAL: Any = _request_key("tinkex_principal", str)
+DROP_AFTER: Any = _request_key("tinkex_drop_after", bool)
 ADMIN_ROUTE = "admin_stats"
 UNMATCHED = "unmatched"
 CLIENT_CLOSED = 499  # nginx's "client closed request"

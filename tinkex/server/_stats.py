@@ -50,6 +50,7 @@ class Stats:
             "generations_total": events["generations"],
             "cancels": events["cancels"],
             "stream_disconnects": events["stream_disconnects"],
+            "stream_cancels": events["stream_cancels"],
             "sessions_created": events["sessions_created"],
             "sessions_expired": events["sessions_expired"],
             "sessions_finished": events["sessions_finished"],

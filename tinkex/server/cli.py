@@ -65,6 +65,7 @@ def _server(args: argparse.Namespace) -> LocalServer:
 
 
 def _wait_for_signal() -> None:
+    """Block until SIGTERM or Ctrl-C (KeyboardInterrupt propagates to the caller)."""
     stop = threading.Event()
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -72,30 +73,36 @@ def _wait_for_signal() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    while not stop.wait(0.5):
         pass
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the server until interrupted; returns the exit status (2 for bad arguments)."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        server = _server(args)
-        server.start()
-    except (ValidationError, OSError) as exc:
-        print(f"tinkex serve: error: {exc}", file=sys.stderr)
-        return 2
+def _banner(server: LocalServer, args: argparse.Namespace) -> None:
     models: List[str] = args.models or available_models()
     print(f"tinkex server on {server.base_url} (models: {', '.join(models)})", flush=True)
     if not args.api_keys:
         print(f"accepting any API key starting with 'tml-', e.g. TINKER_API_KEY={server.api_key}", flush=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the server until interrupted; returns the exit status (2 for bad arguments, 130 for
+    Ctrl-C before the server was up)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
     try:
+        server = _server(args)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        server.start()
+    except (ValidationError, OSError) as exc:
+        print(f"tinkex serve: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    try:
+        _banner(server, args)
         _wait_for_signal()
+    except KeyboardInterrupt:
+        pass
     finally:
         server.stop()
     print("tinkex server stopped", flush=True)

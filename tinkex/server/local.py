@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
 
 from aiohttp import web
@@ -61,6 +62,8 @@ class LocalServer:
         dynamic_config: ``client/dynamic_config`` flags, e.g. ``{"sample_cancel_enabled": True}``.
         corpus_path: train the n-gram model on this file instead of the Python docs.
         cache_dir: where the trained n-gram model is cached.
+        clock: monotonic seconds for expiry and pause windows (tests pass a fake one; long-poll
+            holds always use real time).
         **options: any other :class:`~tinkex.server._settings.ServerSettings` field.
 
     Example:
@@ -87,6 +90,7 @@ class LocalServer:
         dynamic_config: Optional[Dict[str, Any]] = None,
         corpus_path: Optional[str] = None,
         cache_dir: Optional[str] = None,
+        clock: Optional[Callable[[], float]] = None,
         **options: Any,
     ) -> None:
         self.settings = ServerSettings(
@@ -108,6 +112,7 @@ class LocalServer:
         self._models: Optional[Dict[str, LanguageModel]] = None
         self._faults = FaultProfile.parse(faults)
         self._port = port
+        self._clock = clock or time.monotonic
         self._lock = threading.Lock()
         self._running: Optional[_Running] = None
 
@@ -191,7 +196,12 @@ class LocalServer:
         settings = self.settings
         running.executor = DaemonExecutor(settings.max_concurrent_generations, name="tinkex-generate")
         engine = running.engine = Engine(
-            settings, models, loop=asyncio.get_running_loop(), executor=running.executor, faults=self._faults
+            settings,
+            models,
+            loop=asyncio.get_running_loop(),
+            executor=running.executor,
+            faults=self._faults,
+            clock=self._clock,
         )
         running.runner = web.AppRunner(
             create_app(engine), handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
@@ -212,6 +222,8 @@ class LocalServer:
             await running.runner.cleanup()
         if running.executor is not None:
             running.executor.shutdown(wait=True, cancel_futures=True)
+            for _ in range(3):  # let the workers' last results reach their futures and callbacks
+                await asyncio.sleep(0)
 
     def stop(self) -> None:
         """Stop serving and join the server thread; idempotent. State is lost."""
@@ -248,6 +260,10 @@ class LocalServer:
         if sampling_session_id is None:
             return summaries
         return [record for record in summaries if record["sampling_session_id"] == sampling_session_id]
+
+    def sweep(self) -> None:
+        """Run the expiry sweep now (it also runs on its own about every second)."""
+        self._call(lambda engine: engine.sweep())
 
     def _call(self, fn: Callable[[Engine], T]) -> T:
         running = self._running

@@ -119,6 +119,8 @@ class Scheduler:
         try:
             if record.state == RUNNING:
                 self._settle(record, future)
+            elif not future.cancelled():
+                future.exception()  # already settled (cancelled): the outcome is of no interest
         finally:
             self._pump()
 
@@ -161,7 +163,6 @@ class Scheduler:
             self.queued -= 1
         elif record.cancel_flag is not None:
             record.cancel_flag.set()
-        self._stats.count("cancels")
         self._complete(record, CANCELLED, error=reason, category="user")
         return True
 
