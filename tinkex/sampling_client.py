@@ -314,11 +314,42 @@ class SamplingClient:
             reporter.exception(exc)
 
     def sample_stream(self, prompt: ModelInput, sampling_params: SamplingParams, num_samples: int = 1, *,
-                      timeout: Optional[float] = None) -> Iterator[SampleStreamChunk]:
-        """Stream chunks as tokens are generated (see :mod:`tinkex._sse`)."""
+                      timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
+                      ) -> Iterator[SampleStreamChunk]:
+        """Stream chunks as tokens are generated (protocol.md 9; see :class:`tinkex._streaming.StreamIterator`).
+
+        The request is sent before this returns, under the rules of :meth:`sample`; the
+        returned iterator (also a context manager) yields token and done chunks as they arrive.
+
+        Args:
+            prompt: the prompt tokens.
+            sampling_params: how to sample.
+            num_samples: sequences to generate; their chunks may interleave.
+            timeout: a wall-clock deadline in seconds for the whole stream.
+            idle_timeout: the most seconds to wait for the next bytes (default 30).
+
+        Raises:
+            ValidationError: bad arguments (raised here).
+            APIStatusError: a final non-200 answer before the stream started (raised here).
+            APIConnectionError: raised while iterating when the stream breaks or ends early;
+                APITimeoutError at the deadline or after ``idle_timeout`` of silence.
+            RequestFailedError: raised while iterating for an ``error`` event.
+        """
         from ._streaming import stream_sample
 
-        return stream_sample(self, prompt, sampling_params, num_samples, timeout=timeout)
+        return stream_sample(self, prompt, sampling_params, num_samples, timeout=timeout, idle_timeout=idle_timeout)
+
+    def stream_text(self, prompt: ModelInput, sampling_params: SamplingParams, *, timeout: Optional[float] = None,
+                    idle_timeout: Optional[float] = None) -> Iterator[str]:
+        """Stream the text of one sample, piece by piece: ``"".join(pieces)`` is the decoded text.
+
+        Example:
+            >>> for piece in client.stream_text(prompt, types.SamplingParams(max_tokens=64)):  # doctest: +SKIP
+            ...     print(piece, end="", flush=True)
+        """
+        from ._streaming import stream_text
+
+        return stream_text(self, prompt, sampling_params, timeout=timeout, idle_timeout=idle_timeout)
 
     # -- accessors -----------------------------------------------------------------------------
 

@@ -1,0 +1,460 @@
+"""``SamplingClient.sample_stream``: chunks as the server generates them (protocol.md 9).
+
+The request is sent by ``sample_stream`` itself, in the caller's thread, with the discipline
+of ``sample`` before the first byte: the published snapshot, the holder's dispatch gate, the
+429 backoff and the same-seq_id resubmits of :meth:`Sampler.submit_with_resubmits`. Once the
+server has answered 200 the stream is never resubmitted: a dropped connection, a body that
+ends before every sequence's ``done``, a deadline or an idle timeout is raised from the
+iterator, saying how many chunks arrived. A server without the route (404) gets asample and
+retrieve_future through the normal ``sample`` path, and the client remembers that in its
+snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+
+import attrs
+import requests
+import urllib3.exceptions
+
+from . import _codec
+from ._limits import estimate_bytes
+from ._retry import Clock
+from ._sampler import SampleCall, Snapshot
+from ._sse import decode_chunk, iter_events, read_chunks
+from ._transport import Response, Transport
+from .errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ClientClosedError,
+    DecodeError,
+    NotFoundError,
+    RequestFailedError,
+    TinkexError,
+    ValidationError,
+)
+from .types import SampleResponse, SampleStreamChunk, StreamChunkKind
+
+if TYPE_CHECKING:
+    from .sampling_client import SamplingClient
+
+__all__ = ["StreamIterator", "stream_sample", "stream_text", "chunks_of_response", "DEFAULT_IDLE_TIMEOUT"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IDLE_TIMEOUT = 30.0  # above the 15 s a server may stay silent between keep-alives (9.2)
+STREAM_PATH = "stream_sample"
+SDK_METHOD = "SamplingClient.sample_stream"
+ERROR_BODY_LIMIT = 64 * 1024
+_STREAM_HEADERS = {
+    "Accept": "text/event-stream",
+    "Accept-Encoding": "identity",  # compression would make the server or a proxy buffer tokens
+    "X-Tinker-Request-Type": "StreamSample",
+    "x-sdk-method": SDK_METHOD,
+}
+
+
+# -- the public iterator ------------------------------------------------------------------
+
+
+class StreamIterator:
+    """The chunks of one streamed sample, yielded as their events arrive.
+
+    An iterator (``for``, ``next()``, ``itertools``) and a context manager. Leaving early --
+    ``break`` followed by garbage collection, ``close()``, or the end of a ``with`` block --
+    closes the HTTP response, so the connection goes back to the pool and the server stops
+    generating. Token chunks carry ``token``, the text the token completes, decoded
+    incrementally (never half a UTF-8 character) when the model's tokenizer is known, else
+    the server's text or None; a ``done`` chunk's ``token`` holds any text the decoder still
+    held back (normally None).
+
+    Thread-safety: iterate from one thread; ``close()`` may be called from another thread
+    to abort a blocked read.
+
+    Example:
+        >>> with client.sample_stream(prompt, types.SamplingParams(max_tokens=20)) as stream:  # doctest: +SKIP
+        ...     for chunk in stream:
+        ...         if chunk.is_token:
+        ...             print(chunk.token, end="", flush=True)
+    """
+
+    def __init__(self, source: Any, texts: _Texts) -> None:
+        self._source = source
+        self._texts = texts
+        self._finished = False
+
+    def __iter__(self) -> StreamIterator:
+        return self
+
+    def __next__(self) -> SampleStreamChunk:
+        if self._finished:
+            raise StopIteration
+        try:
+            chunk = self._source.next_chunk()
+        except BaseException:
+            self.close()
+            raise
+        return self._texts.apply(chunk)
+
+    @property
+    def chunks_received(self) -> int:
+        """How many chunks have reached the caller."""
+        return int(self._source.delivered)
+
+    def close(self) -> None:
+        """Stop the stream and release its connection; idempotent."""
+        if not self._finished:
+            self._finished = True
+            self._source.close()
+
+    def __enter__(self) -> StreamIterator:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not getattr(self, "_finished", True):
+                self.close()
+        except Exception:  # a finaliser must never raise (it may run at interpreter exit)
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._finished else "open"
+        return f"<StreamIterator {state}, {self.chunks_received} chunk(s) received>"
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def stream_sample(
+    client: SamplingClient,
+    prompt: Any,
+    sampling_params: Any,
+    num_samples: int = 1,
+    *,
+    timeout: Optional[float] = None,
+    idle_timeout: Optional[float] = None,
+) -> StreamIterator:
+    """Send ``stream_sample`` and return the iterator over its chunks (see ``sample_stream``).
+
+    Raises:
+        ValidationError: bad arguments, or the client is not initialised.
+        ClientClosedError: the client is closed.
+        APIStatusError: a final non-200 answer before the stream started.
+        APIConnectionError: no answer within the submit rules (APITimeoutError at the deadline).
+        DecodeError: a 200 answer that is not ``text/event-stream``.
+    """
+    from .sampling_client import _deadline
+
+    if client.closed:
+        raise ClientClosedError("this SamplingClient is closed")
+    state = client._state
+    request = client._request(prompt, sampling_params, num_samples, False, 0)
+    deadline = _deadline(timeout, client._clock)
+    idle = _check_idle_timeout(idle_timeout)
+    texts = _Texts(_find_tokenizer(client))
+    body = request.to_json()
+    body.pop("seq_id", None)
+    if state.stream_supported:
+        response = _open(client, state, body, estimate_bytes(prompt), deadline, idle)
+        if response is not None:
+            sampler = client._sampler
+            source = _LiveSource(response, request.num_samples, clock=client._clock, idle_timeout=idle,
+                                 deadline=deadline, stop=sampler.stop)
+            return StreamIterator(source, texts)
+        _remember_unsupported(client)
+    return StreamIterator(_FallbackSource(client, prompt, sampling_params, request.num_samples, deadline), texts)
+
+
+def stream_text(
+    client: SamplingClient, prompt: Any, sampling_params: Any, *, timeout: Optional[float] = None,
+    idle_timeout: Optional[float] = None,
+) -> Iterator[str]:
+    """Yield the text of sequence 0 piece by piece; joining the pieces gives the decoded text.
+
+    The returned generator closes its stream when it is closed, exhausted or collected.
+
+    Raises:
+        ValidationError: neither the client nor the server can turn this model's tokens
+            into text (raised at the first token).
+    """
+    stream = stream_sample(client, prompt, sampling_params, 1, timeout=timeout, idle_timeout=idle_timeout)
+    return _text_pieces(stream, client)
+
+
+def _text_pieces(stream: StreamIterator, client: SamplingClient) -> Iterator[str]:
+    with stream:
+        for chunk in stream:
+            if chunk.sequence_index != 0:
+                continue
+            if chunk.kind is StreamChunkKind.TOKEN and chunk.token is None:
+                model = client.base_model
+                raise ValidationError(
+                    f"no text for token {chunk.token_id}: the tokenizer of {model!r} is unknown here and the "
+                    "server sent no text; use sample_stream and decode the token ids", field="base_model",
+                    value=model,
+                )
+            if chunk.token:
+                yield chunk.token
+
+
+def _check_idle_timeout(idle_timeout: Optional[float]) -> float:
+    if idle_timeout is None:
+        return DEFAULT_IDLE_TIMEOUT
+    if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or idle_timeout <= 0:
+        raise ValidationError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}",
+                              field="idle_timeout", value=idle_timeout)
+    return float(idle_timeout)
+
+
+def _remember_unsupported(client: SamplingClient) -> None:
+    logger.info("%s has no stream_sample route (404); streaming from asample results instead",
+                client._holder.config.base_url)
+    client._publish(attrs.evolve(client._state, stream_supported=False))
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def _find_tokenizer(client: SamplingClient) -> Any:
+    try:
+        return client.get_tokenizer()
+    except (ImportError, TinkexError) as exc:  # an unknown tokenizer: fall back to the server's text
+        logger.debug("Streaming without a client-side tokenizer: %s", exc)
+        return None
+
+
+class _Texts:
+    """Per-sequence incremental decoders (client-side text wins over the server's). Not thread-safe."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._decoders: Dict[int, Any] = {}
+
+    def _decoder(self, sequence_index: int) -> Any:
+        decoder = self._decoders.get(sequence_index)
+        if decoder is None:
+            decoder = self._decoders[sequence_index] = self._tokenizer.incremental_decoder()
+        return decoder
+
+    def apply(self, chunk: SampleStreamChunk) -> SampleStreamChunk:
+        if self._tokenizer is None:
+            return chunk
+        if chunk.kind is StreamChunkKind.TOKEN:
+            return attrs.evolve(chunk, token=self._decoder(chunk.sequence_index).feed(chunk.token_id))
+        rest = self._decoder(chunk.sequence_index).flush()
+        return attrs.evolve(chunk, token=rest) if rest else chunk
+
+
+# -- opening the stream ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Opened(Response):
+    """A 200 answer whose body is still on the wire."""
+
+    stream: Any = None
+
+
+def _open(client: SamplingClient, state: Snapshot, body: Dict[str, Any], estimated_bytes: int,
+          deadline: Optional[float], idle: float) -> Optional[requests.Response]:
+    """POST stream_sample under the submit discipline; None when the server has no such route."""
+    sampler = client._sampler
+    payload = _codec.dumps(dict(body, seq_id=sampler.next_seq_id(), sampling_session_id=state.sampling_session_id))
+    call = SampleCall(body=body, estimated_bytes=estimated_bytes, deadline=deadline, sdk_method=SDK_METHOD,
+                      cancel=threading.Event())
+    transport = client._transport
+    dispatch = client._holder.dispatch
+    assert dispatch is not None
+    with dispatch.admit(estimated_bytes, stop=sampler.stop, deadline=deadline):
+        try:
+            answer = sampler.submit_with_resubmits(state, call, lambda: _send(transport, payload, idle, deadline))
+        except NotFoundError:
+            return None
+    assert isinstance(answer, _Opened)
+    return answer.stream
+
+
+def _send(transport: Transport, payload: bytes, idle: float, deadline: Optional[float]) -> Response:
+    headers = transport._call_headers("POST", payload, _STREAM_HEADERS, idle)
+    raw = transport.open("POST", STREAM_PATH, payload, headers, idle, deadline)
+    if raw.status_code == 200:
+        _check_event_stream(raw)
+        return _Opened(status=200, headers=raw.headers, content=b"", url=raw.url, stream=raw)
+    try:
+        content = _error_body(raw)
+    finally:
+        raw.close()
+    return Response(status=raw.status_code, headers=raw.headers, content=content, url=raw.url)
+
+
+def _check_event_stream(raw: requests.Response) -> None:
+    content_type = raw.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "text/event-stream":
+        raw.close()
+        raise DecodeError(f"{raw.url} answered 200 with Content-Type {content_type!r}, not text/event-stream")
+
+
+def _error_body(raw: requests.Response) -> bytes:
+    try:
+        return bytes(raw.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b"")
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise APIConnectionError(f"reading the answer of {raw.url} failed ({type(exc).__name__})",
+                                 url=raw.url) from None
+
+
+# -- the two sources of chunks ---------------------------------------------------------------
+
+
+class _Progress:
+    """Checks each sequence's chunks arrive as 9.2 says; knows when every sequence is done."""
+
+    def __init__(self, num_samples: int) -> None:
+        self._next_index = [0] * num_samples
+        self._open = set(range(num_samples))
+
+    @property
+    def unfinished(self) -> List[int]:
+        return sorted(self._open)
+
+    def check(self, chunk: SampleStreamChunk) -> None:
+        seq = chunk.sequence_index
+        if seq >= len(self._next_index):
+            raise DecodeError(f"stream_sample: sequence_index {seq} is not below num_samples={len(self._next_index)}")
+        if seq not in self._open:
+            raise DecodeError(f"stream_sample: a {chunk.kind} event for sequence {seq} after its done event")
+        expected = self._next_index[seq]
+        if chunk.kind is StreamChunkKind.TOKEN:
+            if chunk.index != expected:
+                raise DecodeError(f"stream_sample: sequence {seq} token index {chunk.index}, expected {expected}")
+            self._next_index[seq] = expected + 1
+        elif chunk.total_tokens != expected:
+            raise DecodeError(f"stream_sample: sequence {seq} done with total_tokens={chunk.total_tokens} "
+                              f"after {expected} token(s)")
+        else:
+            self._open.discard(seq)
+
+
+class _LiveSource:
+    """Chunks read from the open SSE response. Not thread-safe, except ``close``."""
+
+    def __init__(self, response: requests.Response, num_samples: int, *, clock: Clock, idle_timeout: float,
+                 deadline: Optional[float], stop: threading.Event) -> None:
+        self._response = response
+        self._events = iter_events(read_chunks(response, clock=clock, idle_timeout=idle_timeout, deadline=deadline))
+        self._progress = _Progress(num_samples)
+        self._stop = stop
+        self._request_id = response.headers.get("x-request-id")
+        self._ended = False
+        self.delivered = 0
+
+    def next_chunk(self) -> SampleStreamChunk:
+        while True:
+            try:
+                event = next(self._events)
+            except StopIteration:
+                self._ended = True
+                self._check_complete()
+                raise
+            except APIConnectionError as exc:
+                raise self._broken(exc) from None
+            chunk = decode_chunk(event) if event.complete else self._last_event(event)
+            if chunk is None:
+                continue
+            if chunk.kind is StreamChunkKind.ERROR:
+                self._ended = True
+                raise RequestFailedError(f"Request failed: {chunk.message}", request_id=self._request_id,
+                                         category=str(chunk.category))
+            self._progress.check(chunk)
+            self.delivered += 1
+            return chunk
+
+    def _last_event(self, event: Any) -> Optional[SampleStreamChunk]:
+        """An event the body ended inside: kept if it decodes, else the stream was cut short."""
+        try:
+            return decode_chunk(event)
+        except DecodeError:
+            raise self._broken(APIConnectionError("the stream ended in the middle of an event",
+                                                  url=self._response.url)) from None
+
+    def _check_complete(self) -> None:
+        missing = self._progress.unfinished
+        if missing:
+            raise self._broken(APIConnectionError(
+                f"the stream ended before sequence(s) {missing} finished", url=self._response.url))
+
+    def _broken(self, exc: APIConnectionError) -> TinkexError:
+        count = f"after {self.delivered} chunk(s)"
+        if self._stop.is_set():
+            return ClientClosedError(f"the SamplingClient was closed during the stream ({count})")
+        cls = APITimeoutError if isinstance(exc, APITimeoutError) else APIConnectionError
+        return cls(f"{exc.message} {count}; the stream is incomplete", url=exc.url, request_id=self._request_id)
+
+    def close(self) -> None:
+        if not self._ended:  # abandoned mid-stream: unblock a read in another thread, drop the connection
+            _shutdown(self._response)
+        self._response.close()
+
+
+def _shutdown(response: requests.Response) -> None:
+    connection = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _FallbackSource:
+    """Chunks rebuilt from ``sample()``'s result, for servers without stream_sample (9.3)."""
+
+    def __init__(self, client: SamplingClient, prompt: Any, params: Any, num_samples: int,
+                 deadline: Optional[float]) -> None:
+        timeout = None
+        if deadline is not None:
+            timeout = deadline - client._clock.monotonic()
+            if timeout <= 0:
+                raise APITimeoutError("the stream's deadline passed before the fallback sample was sent")
+        self._future: Future[SampleResponse] = client.sample(prompt, num_samples, params, timeout=timeout)
+        self._chunks: Optional[Iterator[SampleStreamChunk]] = None
+        self.delivered = 0
+
+    def next_chunk(self) -> SampleStreamChunk:
+        if self._chunks is None:
+            self._chunks = iter(chunks_of_response(self._future.result()))
+        chunk = next(self._chunks)
+        self.delivered += 1
+        return chunk
+
+    def close(self) -> None:
+        self._future.cancel()
+
+
+def chunks_of_response(response: SampleResponse) -> List[SampleStreamChunk]:
+    """The chunks a stream would have carried for ``response`` (protocol 9.3), without text.
+
+    Example:
+        >>> from tinkex.types import SampledSequence, StopReason
+        >>> chunks = chunks_of_response(SampleResponse(sequences=[SampledSequence(tokens=[7], logprobs=[-0.5])]))
+        >>> [(c.kind.value, c.token_id, c.logprob) for c in chunks]
+        [('token', 7, -0.5), ('done', None, None)]
+    """
+    chunks: List[SampleStreamChunk] = []
+    for seq_index, seq in enumerate(response.sequences):
+        logprobs = seq.logprobs or []
+        chunks.extend(
+            SampleStreamChunk(kind=StreamChunkKind.TOKEN, sequence_index=seq_index, index=i, token_id=token,
+                              logprob=logprobs[i] if i < len(logprobs) else None)
+            for i, token in enumerate(seq.tokens)
+        )
+        chunks.append(SampleStreamChunk(kind=StreamChunkKind.DONE, sequence_index=seq_index,
+                                        finish_reason=seq.stop_reason, total_tokens=len(seq.tokens)))
+    return chunks
