@@ -114,7 +114,7 @@ async def _inject(engine: Engine, route: str, request: web.Request, handler: Han
     _counted(engine, route, kind)
     if kind == "drop_before":
         _abort(request)
-        return web.Response(status=500)
+        return web.Response(status=CLIENT_CLOSED)
     if kind == "drop_after":
         if route == "stream_sample":
             request[DROP_AFTER] = True

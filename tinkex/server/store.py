@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from ..types import SampleResponse
-from ._problems import Problem, bad_request, gone, not_found
+from ._problems import Problem, gone, not_found
 from ._settings import ServerSettings
 
 __all__ = ["Session", "SamplingSession", "RequestRecord", "Store", "new_id"]
@@ -352,8 +352,3 @@ class Store:
                 del self.sessions[key]
                 for sampler in session.sampling_sessions.values():
                     self.sampling_sessions.pop(sampler.sampling_session_id, None)
-
-    def check_owner_input(self, value: Any, field: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise bad_request(f"{field} must be a non-empty string, got {value!r}")
-        return value
