@@ -16,7 +16,17 @@ $(STAMP): setup.cfg setup.py
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# The demo installs only what it runs (client, server, tokenizers, progress bars), so a fresh
+# clone prints text sooner; `make install` / `make test` add the rest.
+DEMO_STAMP := $(VENV)/.demo-installed
+
+$(DEMO_STAMP): setup.cfg setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[server,tokenizers,progress]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/quickstart_stream.py
 
 lint: $(STAMP)

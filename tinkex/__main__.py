@@ -1,0 +1,8 @@
+"""``python -m tinkex``: the ``tinkex`` command (see :mod:`tinkex.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

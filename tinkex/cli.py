@@ -1,0 +1,446 @@
+"""The ``tinkex`` command: sample, score and list models from a shell; ``tinkex serve`` runs a local server.
+
+Examples::
+
+    $ tinkex sample "The Python language" --local --max-tokens 40
+    $ tinkex sample "Once upon a time" --model tinkex/ngram-small --local --stream
+    $ tinkex logprobs "import this" --model tinkex/ngram-small --local --json
+    $ tinkex models --local
+    $ tinkex serve --port 8000                      # then, elsewhere:
+    $ TINKER_BASE_URL=http://127.0.0.1:8000 TINKER_API_KEY=tml-local tinkex sample "Hi" --model tinkex/echo
+
+``--local`` starts a server inside the command, so it needs no key and no running server;
+otherwise ``TINKER_API_KEY`` and ``TINKER_BASE_URL`` (or ``--base-url``) say where to go.
+Output is text, or JSON with ``--json`` (one object per line when streaming).
+
+Exit codes: 0 success; 1 an error (one line on stderr, with the request id when there is one;
+``--debug`` adds the traceback and debug logging); 2 bad usage; 130 interrupted by Ctrl-C
+(in-flight work is cancelled and the session closed first).
+
+Other modules may add subcommands: ``tinkex._batch_cli`` (when present) provides
+``add_parser(subparsers)`` and ``run(args) -> int``, and can reuse :func:`add_connection_arguments`
+and :func:`open_service` for the ``--local`` / ``--base-url`` behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import traceback
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+from ._version import __version__
+from .errors import APIError, TinkexError
+from .service_client import ServiceClient
+from .tokenizers import Tokenizer, get_tokenizer
+from .types import ModelInput, SampleResponse, SampleStreamChunk, SamplingParams
+
+__all__ = ["main", "build_parser", "add_connection_arguments", "open_service", "CLIError"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+LOCAL_DEFAULT_MODEL = "tinkex/ngram-small"
+CLI_MAX_RETRIES = 3  # an unreachable server is reported in seconds, not after the library's minute of retries
+PROTOCOL_REFERENCE = "0.38.0"  # the official tinker SDK version protocol.md was checked against
+_BATCH_MODULE = "tinkex._batch_cli"
+
+
+class CLIError(Exception):
+    """A problem the command reports in one line (exit code 1), e.g. a missing optional extra."""
+
+
+# ---------------------------------------------------------------- parser
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--local``, ``--base-url``, ``--timeout`` and ``--max-retries`` (what :func:`open_service` reads)."""
+    group = parser.add_argument_group("connection")
+    group.add_argument("--local", action="store_true",
+                       help="start a local server inside this command (no key or server needed)")
+    group.add_argument("--base-url", metavar="URL",
+                       help="service URL (default: $TINKER_BASE_URL, else the official one)")
+    group.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                       help="deadline for each call, polling included (default: none)")
+    group.add_argument("--max-retries", type=int, default=CLI_MAX_RETRIES, metavar="N",
+                       help=f"HTTP-layer retries of set-up calls (default {CLI_MAX_RETRIES}; the library's is 10)")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="NAME", help=(
+        f"base model, or a tinker:// checkpoint path (default with --local: {LOCAL_DEFAULT_MODEL})"))
+    parser.add_argument("--tokenizer", metavar="NAME_OR_PATH",
+                        help="tokenizer to use instead of the model's (a name or a tokenizer.json path)")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", type=int, default=100, metavar="N", help="tokens per sample (default 100)")
+    group.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy (default 1.0)")
+    group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass in (0, 1] (default 1.0)")
+    group.add_argument("--top-k", type=int, default=-1, metavar="K", help="-1 for no limit (default)")
+    group.add_argument("--seed", type=int, metavar="N", help="same seed, same sample")
+    group.add_argument("--stop", action="append", metavar="TEXT", help="stop string, repeatable")
+    group.add_argument("--num-samples", type=int, default=1, metavar="N", help="sequences to sample (default 1)")
+
+
+def _common_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a subcommand's default from overwriting a --debug given before it.
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and debug logging")
+    parent.add_argument("--json", action="store_true", help="machine-readable output")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tinkex`` argument parser (``serve`` is listed here but handled by the server's own parser)."""
+    parser = argparse.ArgumentParser(
+        prog="tinkex", description="Sample from Tinker models (or the local server) from the command line.",
+        epilog="Environment: TINKER_API_KEY, TINKER_BASE_URL, TINKER_LOG, TINKEX_TOKENIZER_PATH.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    parent = _common_parent()
+    commands.add_parser("serve", help="run the local Tinker-compatible server (see `tinkex serve --help`)",
+                        add_help=False)
+    sample = commands.add_parser("sample", parents=[parent], help="sample a completion of PROMPT")
+    sample.add_argument("prompt", help="the prompt text (no chat template is applied)")
+    _add_model_arguments(sample)
+    _add_sampling_arguments(sample)
+    sample.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    add_connection_arguments(sample)
+    sample.set_defaults(handler=_run_sample)
+    scores = commands.add_parser("logprobs", parents=[parent], help="score TEXT: the logprob of every token")
+    scores.add_argument("text", help="the text to score")
+    _add_model_arguments(scores)
+    add_connection_arguments(scores)
+    scores.set_defaults(handler=_run_logprobs)
+    models = commands.add_parser("models", parents=[parent], help="list the models the service offers")
+    add_connection_arguments(models)
+    models.set_defaults(handler=_run_models)
+    version = commands.add_parser("version", parents=[parent], help="print the tinkex version")
+    version.set_defaults(handler=_run_version)
+    _register_batch(commands)
+    return parser
+
+
+def _register_batch(commands: Any) -> None:
+    """``tinkex batch``, provided by ``tinkex._batch_cli`` when that module is installed."""
+    if importlib.util.find_spec(_BATCH_MODULE) is None:
+        return
+    module = importlib.import_module(_BATCH_MODULE)
+    module.add_parser(commands)
+    batch = commands.choices.get("batch")
+    if batch is not None:
+        batch.set_defaults(handler=lambda args, _out: module.run(args))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if hasattr(args, "model") and args.model is None:
+        if not args.local:
+            parser.error(f"{args.command}: --model is required (or pass --local to use {LOCAL_DEFAULT_MODEL})")
+        args.model = LOCAL_DEFAULT_MODEL
+    if getattr(args, "stream", False) and args.num_samples > 1 and not args.json:
+        parser.error("sample: --stream prints one sequence as text; add --json to stream several")
+
+
+# ---------------------------------------------------------------- connection
+
+
+@contextlib.contextmanager
+def open_service(args: argparse.Namespace, models: Optional[Sequence[str]] = None) -> Iterator[ServiceClient]:
+    """A ServiceClient for the command's connection arguments, closed (and any local server stopped) on exit.
+
+    Args:
+        args: parsed arguments with ``local``, ``base_url`` and optionally ``max_retries``.
+        models: the models a ``--local`` server should load (default: every local model).
+    """
+    with contextlib.ExitStack() as stack:
+        api_key, base_url = None, args.base_url
+        if args.local:
+            server = stack.enter_context(_local_server(models))
+            api_key, base_url = server.api_key, server.base_url
+        retries = getattr(args, "max_retries", None)
+        yield stack.enter_context(ServiceClient(api_key=api_key, base_url=base_url, max_retries=retries))
+
+
+def _local_server(models: Optional[Sequence[str]]) -> Any:
+    try:
+        from .server import LocalServer
+    except ImportError as exc:
+        raise CLIError(f"--local needs the server extra ({exc.name} is missing): "
+                       "pip install 'tinkex[server]'") from None
+    return LocalServer(models=list(models)) if models else LocalServer()
+
+
+def _local_models(args: argparse.Namespace) -> Optional[List[str]]:
+    """Only the model asked for, so ``--model tinkex/echo --local`` does not train the n-gram model."""
+    model = getattr(args, "model", None)
+    return [model] if model and args.local and not model.startswith("tinker://") else None
+
+
+def _sampling_client(service: ServiceClient, args: argparse.Namespace) -> Any:
+    if args.model.startswith("tinker://"):
+        return service.create_sampling_client(model_path=args.model)
+    return service.create_sampling_client(base_model=args.model)
+
+
+def _tokenizer(client: Any, args: argparse.Namespace) -> Tokenizer:
+    return get_tokenizer(args.tokenizer) if args.tokenizer else client.get_tokenizer()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _emit(record: Dict[str, Any], out: TextIO) -> None:
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def _sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(max_tokens=args.max_tokens, seed=args.seed, stop=args.stop, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p)
+
+
+def _run_sample(args: argparse.Namespace, out: TextIO) -> int:
+    params = _sampling_params(args)
+    with open_service(args, _local_models(args)) as service:
+        client = _sampling_client(service, args)
+        tokenizer = _tokenizer(client, args)
+        prompt = ModelInput.from_text(args.prompt, tokenizer=tokenizer)
+        if args.stream:
+            _stream(client.sample_stream(prompt, params, args.num_samples, timeout=args.timeout), tokenizer, args, out)
+            return EXIT_OK
+        response = client.sample(prompt, args.num_samples, params, timeout=args.timeout).result()
+    _print_response(response, tokenizer, args, out)
+    return EXIT_OK
+
+
+def _print_response(response: SampleResponse, tokenizer: Tokenizer, args: argparse.Namespace, out: TextIO) -> None:
+    texts = response.texts(tokenizer)
+    if args.json:
+        sequences = [
+            {"text": text, "tokens": seq.tokens, "logprobs": seq.logprobs, "stop_reason": seq.stop_reason.value}
+            for text, seq in zip(texts, response.sequences)
+        ]
+        _emit({"model": args.model, "prompt": args.prompt, "sequences": sequences}, out)
+        return
+    for number, (text, seq) in enumerate(zip(texts, response.sequences), start=1):
+        if len(texts) > 1:
+            out.write(f"--- sample {number}/{len(texts)} (stop: {seq.stop_reason.value}) ---\n")
+        out.write(text + "\n")
+    out.flush()
+
+
+class _Transcript:
+    """The text of each streamed sequence, decoded piece by piece (sequences may interleave)."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._decoders: Dict[int, Any] = {}
+        self._pieces: Dict[int, List[str]] = {}
+
+    def feed(self, index: int, token_id: int) -> str:
+        if index not in self._decoders:
+            self._decoders[index] = self._tokenizer.incremental_decoder()
+            self._pieces[index] = []
+        piece = self._decoders[index].feed(token_id)
+        self._pieces[index].append(piece)
+        return piece
+
+    def finish(self, index: int) -> Tuple[str, str]:
+        """The held-back tail of sequence ``index`` and its whole text."""
+        decoder = self._decoders.pop(index, None)
+        tail = decoder.flush() if decoder is not None else ""
+        return tail, "".join(self._pieces.pop(index, [])) + tail
+
+
+def _stream(chunks: Iterator[SampleStreamChunk], tokenizer: Tokenizer, args: argparse.Namespace, out: TextIO) -> None:
+    transcript = _Transcript(tokenizer)
+    try:
+        for chunk in chunks:
+            index = chunk.sequence_index
+            if chunk.is_token and chunk.token_id is not None:
+                piece = transcript.feed(index, chunk.token_id)
+                if args.json:
+                    _emit({"type": "token", "sequence_index": index, "index": chunk.index, "token_id": chunk.token_id,
+                           "text": piece, "logprob": chunk.logprob}, out)
+                elif piece:
+                    out.write(piece)
+                    out.flush()
+            elif chunk.is_done:
+                _finish_sequence(chunk, *transcript.finish(index), args, out)
+    finally:  # on Ctrl-C or an error too: the server stops generating at once
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _finish_sequence(chunk: SampleStreamChunk, tail: str, text: str, args: argparse.Namespace, out: TextIO) -> None:
+    if args.json:
+        reason = chunk.finish_reason.value if chunk.finish_reason is not None else None
+        _emit({"type": "done", "sequence_index": chunk.sequence_index, "finish_reason": reason,
+               "total_tokens": chunk.total_tokens, "text": text}, out)
+    else:
+        out.write(tail + "\n")
+        out.flush()
+
+
+def _run_logprobs(args: argparse.Namespace, out: TextIO) -> int:
+    with open_service(args, _local_models(args)) as service:
+        client = _sampling_client(service, args)
+        tokenizer = _tokenizer(client, args)
+        tokens = tokenizer.encode(args.text)
+        logprobs = client.compute_logprobs(ModelInput.from_ints(tokens), timeout=args.timeout).result()
+    scored = [value for value in logprobs if value is not None]
+    total = sum(scored)
+    if args.json:
+        _emit({"model": args.model, "text": args.text, "tokens": tokens, "logprobs": logprobs, "total": total}, out)
+        return EXIT_OK
+    out.write(f"{'pos':>5} {'token':>7}  {'text':<14} logprob\n")
+    for position, (token, value) in enumerate(zip(tokens, logprobs)):
+        shown = "-" if value is None else f"{value:.4f}"
+        out.write(f"{position:>5} {token:>7}  {tokenizer.decode([token])!r:<14} {shown}\n")
+    mean = total / len(scored) if scored else float("nan")
+    out.write(f"total {total:.4f} over {len(scored)} scored tokens (mean {mean:.4f})\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _run_models(args: argparse.Namespace, out: TextIO) -> int:
+    with open_service(args) as service:
+        capabilities = service.get_server_capabilities()
+    if args.json:
+        _emit(capabilities.to_json(), out)
+        return EXIT_OK
+    for model in capabilities.supported_models:
+        context = f"context {model.max_context_length}" if model.max_context_length else ""
+        tokenizer = f"tokenizer {model.tokenizer_id}" if model.tokenizer_id else ""
+        out.write("  ".join(part for part in (f"{model.model_name:<28}", context, tokenizer) if part).rstrip() + "\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _run_version(args: argparse.Namespace, out: TextIO) -> int:
+    python = platform.python_version()
+    if args.json:
+        _emit({"tinkex": __version__, "python": python, "protocol_reference": f"tinker {PROTOCOL_REFERENCE}"}, out)
+    else:
+        out.write(f"tinkex {__version__} (Python {python}; wire protocol of the tinker SDK {PROTOCOL_REFERENCE})\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _serve_arguments(argv: List[str]) -> Optional[List[str]]:
+    """The arguments after ``serve`` when that is the command (only ``--debug`` may come first)."""
+    position = 0
+    while position < len(argv) and argv[position] == "--debug":
+        position += 1
+    if position < len(argv) and argv[position] == "serve":
+        return argv[position + 1:]
+    return None
+
+
+def _serve(arguments: List[str]) -> int:
+    try:
+        from .server import cli as server_cli
+    except ImportError as exc:
+        print(f"error: tinkex serve needs the server extra ({exc.name} is missing): pip install 'tinkex[server]'",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return int(server_cli.main(arguments) or 0)
+
+
+def _configure_logging(debug: bool) -> None:
+    level = logging.DEBUG if debug or os.environ.get("TINKER_LOG", "").lower() == "debug" else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc) or type(exc).__name__
+    request_id = getattr(exc, "request_id", None)
+    if isinstance(exc, APIError) and request_id and request_id not in message:
+        message += f" (request id: {request_id})"
+    if "TINKER_API_KEY" in message and "--local" not in message:
+        message += " (or pass --local to use a local server)"
+    return " ".join(message.split())  # one line, whatever the server wrote
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    expected = isinstance(exc, (TinkexError, CLIError, OSError))
+    prefix = "error" if expected else f"unexpected error ({type(exc).__name__})"
+    hint = "" if debug or expected else " [run with --debug for the traceback]"
+    print(f"{prefix}: {_describe(exc)}{hint}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
+    """Run the ``tinkex`` command; returns the exit code.
+
+    Args:
+        argv: the arguments (default ``sys.argv[1:]``).
+        out: where results go (default ``sys.stdout``); errors always go to ``sys.stderr``.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    served = _serve_arguments(arguments)
+    if served is not None:
+        _configure_logging(arguments[:1] == ["--debug"])
+        return _serve(served)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(arguments)
+        _check_usage(parser, args)
+    except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    _configure_logging(debug)
+    return _dispatch(args.handler, args, out or sys.stdout, debug)
+
+
+def _dispatch(handler: Callable[..., int], args: argparse.Namespace, out: TextIO, debug: bool) -> int:
+    try:
+        return int(handler(args, out) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `tinkex sample ... | head -1`: stop quietly
+        _silence_stdout()
+        return EXIT_ERROR
+    except Exception as exc:
+        return _report(exc, debug)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
