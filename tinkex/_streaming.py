@@ -106,6 +106,11 @@ class StreamIterator:
         """How many chunks have reached the caller."""
         return int(self._source.delivered)
 
+    @property
+    def request_id(self) -> Optional[str]:
+        """The server's id for this request (its ``X-Request-Id``), when it sent one."""
+        return self._source.request_id
+
     def close(self) -> None:
         """Stop the stream and release its connection; idempotent."""
         if not self._finished:
@@ -351,7 +356,7 @@ class _LiveSource:
         self._events = iter_events(read_chunks(response, clock=clock, idle_timeout=idle_timeout, deadline=deadline))
         self._progress = _Progress(num_samples)
         self._stop = stop
-        self._request_id = response.headers.get("x-request-id")
+        self.request_id = response.headers.get("x-request-id")
         self._ended = False
         self.delivered = 0
 
@@ -370,7 +375,7 @@ class _LiveSource:
                 continue
             if chunk.kind is StreamChunkKind.ERROR:
                 self._ended = True
-                raise RequestFailedError(f"Request failed: {chunk.message}", request_id=self._request_id,
+                raise RequestFailedError(f"Request failed: {chunk.message}", request_id=self.request_id,
                                          category=str(chunk.category))
             self._progress.check(chunk)
             self.delivered += 1
@@ -395,7 +400,7 @@ class _LiveSource:
         if self._stop.is_set():
             return ClientClosedError(f"the SamplingClient was closed during the stream ({count})")
         cls = APITimeoutError if isinstance(exc, APITimeoutError) else APIConnectionError
-        return cls(f"{exc.message} {count}; the stream is incomplete", url=exc.url, request_id=self._request_id)
+        return cls(f"{exc.message} {count}; the stream is incomplete", url=exc.url, request_id=self.request_id)
 
     def close(self) -> None:
         if not self._ended:  # abandoned mid-stream: unblock a read in another thread, drop the connection
@@ -426,6 +431,7 @@ class _FallbackSource:
         self._future: Future[SampleResponse] = client.sample(prompt, num_samples, params, timeout=timeout)
         self._chunks: Optional[Iterator[SampleStreamChunk]] = None
         self.delivered = 0
+        self.request_id: Optional[str] = None
 
     def next_chunk(self) -> SampleStreamChunk:
         if self._chunks is None:
