@@ -2,7 +2,7 @@
 
     python examples/queue_observer.py
 
-The local server is started with a fault profile that pauses sampling for its first 1.5 s
+The local server is started with a fault profile that pauses sampling for its first 2.5 s
 (``paused_capacity``), as a busy Tinker deployment would. While a request waits, every poll
 answer carries a queue state; the client passes each change to the observer given to
 ``create_sampling_client``. Without one, it logs a debounced WARNING instead:
@@ -43,7 +43,7 @@ class PrintingObserver:
 
 def main() -> None:
     observer = PrintingObserver()
-    with connect(faults="paused_capacity=1.5s", poll_hold_s=0.25) as service:
+    with connect(faults="paused_capacity=2.5s", poll_hold_s=0.25) as service:
         client = service.create_sampling_client(base_model=MODEL, queue_state_observer=observer)
         prompt = types.ModelInput.from_text("Queues", tokenizer=client.get_tokenizer())
         futures = [client.sample(prompt, 1, types.SamplingParams(max_tokens=20, seed=i)) for i in range(3)]

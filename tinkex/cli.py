@@ -370,12 +370,18 @@ def _serve(arguments: List[str]) -> int:
         print(f"error: tinkex serve needs the server extra ({exc.name} is missing): pip install 'tinkex[server]'",
               file=sys.stderr)
         return EXIT_ERROR
-    return int(server_cli.main(arguments) or 0)
+    try:
+        return int(server_cli.main(arguments) or 0)
+    except SystemExit as exc:  # its argparse: --help or bad usage
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
 def _configure_logging(debug: bool) -> None:
-    level = logging.DEBUG if debug or os.environ.get("TINKER_LOG", "").lower() == "debug" else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    debug = debug or os.environ.get("TINKER_LOG", "").lower() == "debug"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if debug:  # also when the root logger was configured before us
+        logging.getLogger("tinkex").setLevel(logging.DEBUG)
 
 
 def _describe(exc: BaseException) -> str:

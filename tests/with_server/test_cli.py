@@ -1,0 +1,272 @@
+"""The ``tinkex`` command against real local servers: output, JSON, streaming, errors, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+
+from tinkex import cli
+from tinkex._version import __version__
+from tinkex.errors import RequestFailedError
+from tinkex.server import LocalServer
+from tinkex.tokenizers import get_tokenizer
+
+BYTE = get_tokenizer("tinkex/byte")
+
+
+def run(*argv: str) -> Tuple[int, str]:
+    """Run the command in-process; returns (exit code, stdout)."""
+    out = io.StringIO()
+    code = cli.main(list(argv), out=out)
+    return code, out.getvalue()
+
+
+def json_lines(text: str) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture
+def remote(local_server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> LocalServer:
+    """The shared server, reached the way a real deployment is: TINKER_BASE_URL and TINKER_API_KEY."""
+    monkeypatch.setenv("TINKER_BASE_URL", local_server.base_url)
+    monkeypatch.setenv("TINKER_API_KEY", local_server.api_key)
+    return local_server
+
+
+def subprocess_env(**extra: str) -> Dict[str, str]:
+    env = dict(os.environ)  # already stripped of TINKER_* by the autouse fixture
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------- results
+
+
+def test_version() -> None:
+    code, text = run("version")
+    assert code == 0 and text.startswith(f"tinkex {__version__} (") and "0.38.0" in text
+    code, text = run("version", "--json")
+    assert json.loads(text)["tinkex"] == __version__
+
+
+def test_local_sample_is_a_one_liner_and_seeded(capsys: pytest.CaptureFixture[str]) -> None:
+    first = run("sample", "The Python", "--local", "--max-tokens", "30", "--seed", "5")
+    second = run("sample", "The Python", "--local", "--max-tokens", "30", "--seed", "5")
+    assert first[0] == 0 and first == second
+    assert len(first[1]) > 10 and first[1].endswith("\n")
+    assert capsys.readouterr().err == ""  # nothing but the text
+
+
+def test_sample_json_through_the_environment(remote: LocalServer) -> None:
+    code, text = run("sample", "Hello", "--model", "tinkex/echo", "--max-tokens", "8", "--num-samples", "2", "--json")
+    assert code == 0
+    [record] = json_lines(text)
+    assert record["model"] == "tinkex/echo" and record["prompt"] == "Hello"
+    first, second = record["sequences"]
+    assert first["text"] == "HelloHel" and first["tokens"] == list(b"HelloHel")
+    assert first["stop_reason"] == "length" and len(first["logprobs"]) == 8
+    assert second["text"] == BYTE.decode(second["tokens"])
+
+
+def test_sample_text_with_several_samples_and_stop(remote: LocalServer) -> None:
+    code, text = run("sample", "ab", "--model", "tinkex/echo", "--base-url", remote.base_url, "--max-tokens", "9",
+                     "--num-samples", "2", "--stop", "ba")
+    assert code == 0
+    assert text.splitlines() == [
+        "--- sample 1/2 (stop: stop) ---", "aba", "--- sample 2/2 (stop: length) ---", "bcbcbcbcb",
+    ]
+
+
+def test_stream_text_equals_the_sampled_text(remote: LocalServer) -> None:
+    args = ("sample", "Lists are", "--model", "tinkex/ngram-small", "--max-tokens", "60", "--seed", "11",
+            "--temperature", "0.8")
+    assert run(*args, "--stream") == run(*args)
+
+
+def test_stream_json_is_one_object_per_chunk(remote: LocalServer) -> None:
+    code, text = run("sample", "añ", "--model", "tinkex/echo", "--max-tokens", "6", "--num-samples", "2",
+                     "--stream", "--json")
+    assert code == 0
+    records = json_lines(text)
+    for index in (0, 1):
+        tokens = [r for r in records if r["type"] == "token" and r["sequence_index"] == index]
+        [done] = [r for r in records if r["type"] == "done" and r["sequence_index"] == index]
+        assert [r["index"] for r in tokens] == list(range(6)) and done["total_tokens"] == 6
+        assert "".join(r["text"] for r in tokens) == done["text"] == BYTE.decode(r["token_id"] for r in tokens)
+        assert done["finish_reason"] == "length"
+    assert records[-1]["type"] == "done"
+    assert json_lines(text)[0]["text"] == "a"  # the echo model repeats the prompt: 'ñ' arrives whole, later
+
+
+def test_logprobs_text_and_json(remote: LocalServer) -> None:
+    code, text = run("logprobs", "hé!", "--model", "tinkex/ngram-small", "--json")
+    [record] = json_lines(text)
+    assert code == 0 and record["tokens"] == list("hé!".encode())
+    assert record["logprobs"][0] is None and all(value < 0 for value in record["logprobs"][1:])
+    assert record["total"] == pytest.approx(sum(record["logprobs"][1:]))
+    code, table = run("logprobs", "hé!", "--model", "tinkex/ngram-small")
+    lines = table.splitlines()
+    assert code == 0 and len(lines) == 1 + 4 + 1
+    assert lines[1].split()[-1] == "-" and lines[-1].startswith(f"total {record['total']:.4f} over 3 scored")
+
+
+def test_models_text_and_json(remote: LocalServer) -> None:
+    code, text = run("models")
+    assert code == 0 and [line.split()[0] for line in text.splitlines()] == ["tinkex/ngram-small", "tinkex/echo"]
+    code, text = run("models", "--json")
+    assert [m["model_name"] for m in json.loads(text)["supported_models"]] == ["tinkex/ngram-small", "tinkex/echo"]
+
+
+def test_local_models_loads_every_local_model() -> None:
+    code, text = run("models", "--local")
+    assert code == 0 and "tinkex/echo" in text and "tinkex/ngram-small" in text
+
+
+# ---------------------------------------------------------------- usage and errors
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["sample"],
+        ["sample", "x"],  # no --model and no --local
+        ["sample", "x", "--local", "--timeout", "0"],
+        ["sample", "x", "--local", "--max-tokens", "many"],
+        ["sample", "x", "--local", "--stream", "--num-samples", "2"],
+        ["frobnicate"],
+    ],
+)
+def test_bad_usage_exits_2(argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(*argv)[0] == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--help")[0] == 0
+    listed = capsys.readouterr().out
+    for command in ("serve", "sample", "logprobs", "models", "version", "batch"):
+        assert command in listed
+
+
+def last_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_key_is_one_line_naming_the_remedies(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("sample", "x", "--model", "acme/model")[0] == 1
+    line = last_error_line(capsys)
+    assert line.startswith("error: ") and "TINKER_API_KEY" in line and "--local" in line
+
+
+def test_unknown_local_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("sample", "x", "--local", "--model", "acme/nope")[0] == 1
+    assert "unknown model 'acme/nope'" in last_error_line(capsys)
+
+
+def test_missing_tokenizer_is_one_line(remote: LocalServer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("sample", "x", "--model", "tinkex/echo", "--tokenizer", "acme/unknown-tokenizer")[0] == 1
+    line = last_error_line(capsys)
+    assert "no tokenizer found for model 'acme/unknown-tokenizer'" in line and "register_tokenizer" in line
+
+
+def test_server_rejection_is_one_line(remote: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tokenizer_json = tmp_path / "tokenizer.json"
+    big_vocabulary(tokenizer_json)  # its ids go past the echo model's 258
+    assert run("sample", "zz", "--model", "tinkex/echo", "--tokenizer", str(tokenizer_json))[0] == 1
+    line = last_error_line(capsys)
+    assert line.startswith("error: Error code: 400") and "vocabulary" in line
+
+
+def big_vocabulary(path: Path) -> None:
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"zz": 1000, "[UNK]": 999}, unk_token="[UNK]")).save(str(path))
+
+
+def test_unreachable_server_fails_fast(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TINKER_API_KEY", "tml-unused")
+    started = time.monotonic()
+    assert run("models", "--base-url", "http://127.0.0.1:9", "--max-retries", "0")[0] == 1
+    assert time.monotonic() - started < 30
+    assert "127.0.0.1:9" in last_error_line(capsys)
+
+
+def test_errors_carry_the_request_id() -> None:
+    error = RequestFailedError("Request failed: out of\nmemory", request_id="req-42", category="server")
+    assert cli._describe(error) == "Request failed: out of memory (request id: req-42)"
+
+
+def test_debug_prints_the_traceback() -> None:
+    done = subprocess.run([sys.executable, "-m", "tinkex", "--debug", "sample", "x", "--model", "m"],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and done.stderr.rstrip().splitlines()[-1].startswith(
+        "error: "
+    )
+
+
+# ---------------------------------------------------------------- processes: Ctrl-C and serve
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_ctrl_c_cancels_the_stream_and_exits_130(fresh_server: Callable[..., LocalServer]) -> None:
+    server = fresh_server(token_delay_ms=20)
+    command = [sys.executable, "-m", "tinkex", "sample", "Hello", "--model", "tinkex/echo", "--stream",
+               "--max-tokens", "3000", "--base-url", server.base_url]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=subprocess_env(TINKER_API_KEY=server.api_key))
+    try:
+        assert process.stdout is not None and process.stdout.read(1) == b"H"  # streaming has begun
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and err.decode().strip().splitlines()[-1] == "interrupted"
+    assert wait_for(lambda: server.stats()["stream_disconnects"] >= 1)
+    assert wait_for(lambda: server.stats()["sessions_finished"] >= 1)
+
+
+def test_serve_runs_the_local_server_until_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "tinkex", "serve", "--port", "0", "--model", "tinkex/echo"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert banner.startswith("tinkex server on http://127.0.0.1:"), banner
+        base_url = banner.split()[3]
+        out = io.StringIO()
+        monkeypatch.setenv("TINKER_API_KEY", "tml-local")
+        assert cli.main(["sample", "ok", "--model", "tinkex/echo", "--max-tokens", "4", "--base-url", base_url],
+                        out=out) == 0
+        assert out.getvalue() == "okok\n"
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+
+
+def test_serve_usage_errors_come_from_the_server_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--port", "not-a-port"]) == 2
+    assert "tinkex serve" in capsys.readouterr().err
