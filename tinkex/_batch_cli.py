@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print("tinkex batch: error: give --processes or --dask-scheduler, not both", file=sys.stderr)
         return EXIT_USAGE
     params = _sampling_params(args)
+    with open(args.input, "rb"):  # a missing input fails before any server or session starts
+        pass
     send_key = bool(args.processes or args.local or (args.dask_scheduler and args.send_api_key))
     with _service(args, send_key) as service, _executor(args) as executor:
         client = _sampling_client(service, args)
