@@ -2,12 +2,12 @@
 
 Starts ``python -m tinkex.server`` with ``tinkex/echo`` in its own process, pinned to one CPU
 core where the OS allows (the client processes get the other cores), and drives it from
-several client processes, each with several keep-alive connections speaking raw HTTP/1.1 over
-sockets (so the client is cheap and never the bottleneck). One round trip = ``asample`` (new
-seq_id) then ``retrieve_future`` with ``Accept: application/x-protobuf`` until the protobuf
-result arrives. Prints the median, min and max of several timed runs, the server's CPU use
-(round trips per server CPU-second is the figure that does not depend on what else the
-machine is doing) and the command line.
+several client processes, each driving several keep-alive connections from one selector loop
+with raw HTTP/1.1 over non-blocking sockets (so the client is cheap and never the bottleneck).
+One round trip = ``asample`` (new seq_id) then ``retrieve_future`` with
+``Accept: application/x-protobuf`` until the protobuf result arrives. Prints the median, min
+and max of several timed runs, the server's CPU use (round trips per server CPU-second is the
+figure that does not depend on what else the machine is doing) and the command line.
 
 Usage:
     .venv/bin/python bench/server_throughput.py
@@ -21,12 +21,12 @@ import argparse
 import json
 import multiprocessing
 import os
+import selectors
 import shlex
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -95,38 +95,99 @@ def _sampler(conn: RawConnection) -> str:
     return _json_post(conn, "create_sampling_session", body)["sampling_session_id"]
 
 
-def _round_trips(host: str, port: int, sampler: str, first_seq: int, deadline: float) -> int:
-    """One connection's closed loop until ``deadline``; returns completed round trips."""
-    conn = RawConnection(host, port)
-    prefix = json.dumps({
-        "num_samples": 1, "prompt": {"chunks": [{"tokens": PROMPT, "type": "encoded_text"}]},
-        "sampling_params": {"max_tokens": 16, "seed": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0},
-        "sampling_session_id": sampler,
-    }, separators=(",", ":"))[:-1].encode()  # fmt: skip
-    suffix = b',"prompt_logprobs":false,"topk_prompt_logprobs":0,"type":"sample"}'
-    seq, done = first_seq, 0
+def _parse(buffer: bytes) -> Optional[Tuple[int, bytes, bytes, bytes]]:
+    """(status, content type, body, rest) of the first whole response in ``buffer``, else None."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buffer[:end].split(b"\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:])}
+    length = int(headers.get(b"content-length", b"0"))
+    body_start = end + 4
+    if len(buffer) < body_start + length:
+        return None
+    status = int(lines[0].split()[1])
+    return (
+        status,
+        headers.get(b"content-type", b""),
+        buffer[body_start : body_start + length],
+        buffer[body_start + length :],
+    )
+
+
+class _Loop:
+    """One connection's closed loop, driven by a selector: asample, retrieve_future until the
+    protobuf result, repeat. Non-blocking, so one client thread drives many connections."""
+
+    def __init__(self, host: str, port: int, sampler: str, first_seq: int) -> None:
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        common = b" HTTP/1.1\r\nHost: " + f"{host}:{port}".encode() + b"\r\nX-API-Key: " + API_KEY.encode()
+        self.asample_head = b"POST /api/v1/asample" + common + b"\r\nContent-Type: application/json\r\n"
+        self.retrieve_head = (
+            b"POST /api/v1/retrieve_future" + common
+            + b"\r\nAccept: application/x-protobuf\r\nContent-Type: application/json\r\n"
+        )  # fmt: skip
+        self.prefix = json.dumps({
+            "num_samples": 1, "prompt": {"chunks": [{"tokens": PROMPT, "type": "encoded_text"}]},
+            "sampling_params": {"max_tokens": 16, "seed": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0},
+            "sampling_session_id": sampler,
+        }, separators=(",", ":"))[:-1].encode() + b',"seq_id":'  # fmt: skip
+        self.suffix = b',"prompt_logprobs":false,"topk_prompt_logprobs":0,"type":"sample"}'
+        self.seq = first_seq
+        self.request_id: Optional[bytes] = None
+        self.buffer = b""
+        self.done = 0
+
+    def send_next(self) -> None:
+        if self.request_id is None:
+            head, body = self.asample_head, self.prefix + str(self.seq).encode() + self.suffix
+        else:
+            head, body = self.retrieve_head, b'{"request_id":"' + self.request_id + b'","allow_metadata_only":true}'
+        self.sock.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    def on_readable(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.buffer += data
+        parsed = _parse(self.buffer)
+        if parsed is None:
+            return
+        status, content_type, body, self.buffer = parsed
+        self._answer(status, content_type, body)
+        self.send_next()
+
+    def _answer(self, status: int, content_type: bytes, body: bytes) -> None:
+        if status != 200:
+            raise RuntimeError(f"answered {status}: {body[:200]!r}")
+        if self.request_id is None:
+            self.request_id = json.loads(body)["request_id"].encode()
+        elif content_type.startswith(b"application/x-protobuf"):
+            self.request_id = None
+            self.seq += 1
+            self.done += 1
+        elif b"try_again" not in body:
+            raise RuntimeError(f"retrieve_future answered {body[:200]!r}")
+
+
+def _drive(host: str, port: int, sampler: str, connections: int, deadline: float) -> int:
+    """Run ``connections`` closed loops in this thread until ``deadline``; completed round trips."""
+    loops = [_Loop(host, port, sampler, index * 10_000_000) for index in range(connections)]
+    selector = selectors.DefaultSelector()
+    for loop in loops:
+        loop.send_next()
+        selector.register(loop.sock, selectors.EVENT_READ, loop)
     try:
         while time.monotonic() < deadline:
-            status, _, data = conn.post("asample", prefix + b',"seq_id":' + str(seq).encode() + suffix)
-            if status != 200:
-                raise RuntimeError(f"asample answered {status}: {data[:200]!r}")
-            request_id = json.loads(data)["request_id"].encode()
-            _retrieve(conn, request_id)
-            seq += 1
-            done += 1
+            for key, _ in selector.select(timeout=0.5):
+                key.data.on_readable()
     finally:
-        conn.close()
-    return done
-
-
-def _retrieve(conn: RawConnection, request_id: bytes) -> None:
-    body = b'{"request_id":"' + request_id + b'","allow_metadata_only":true}'
-    while True:
-        status, content_type, data = conn.post("retrieve_future", body, accept=b"application/x-protobuf")
-        if status == 200 and content_type.startswith(b"application/x-protobuf"):
-            return
-        if status != 200 or b"try_again" not in data:
-            raise RuntimeError(f"retrieve_future answered {status}: {data[:200]!r}")
+        selector.close()
+        for loop in loops:
+            loop.sock.close()
+    return sum(loop.done for loop in loops)
 
 
 def _client_process(url: str, connections: int, duration: float, cores: Optional[Set[int]], out: Any) -> None:
@@ -136,18 +197,7 @@ def _client_process(url: str, connections: int, duration: float, cores: Optional
     setup = RawConnection(host, int(port))
     sampler = _sampler(setup)
     setup.close()
-    counts: List[int] = [0] * connections
-    deadline = time.monotonic() + duration
-
-    def drive(index: int) -> None:
-        counts[index] = _round_trips(host, int(port), sampler, index * 10_000_000, deadline)
-
-    threads = [threading.Thread(target=drive, args=(i,)) for i in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    out.put(sum(counts))
+    out.put(_drive(host, int(port), sampler, connections, time.monotonic() + duration))
 
 
 def _cpu_seconds(pid: int) -> float:
