@@ -33,7 +33,7 @@ def new_id(prefix: str) -> str:
 
 
 class Session:
-    """One client session (``create_session``)."""
+    """One client session (``create_session``). Mutable; touched only on the event loop."""
 
     __slots__ = (
         "session_id", "owner", "created_at", "last_seen", "state", "ended_at", "end_reason",
@@ -59,7 +59,7 @@ class Session:
 
 
 class SamplingSession:
-    """A sampler bound to one model inside a session (``create_sampling_session``)."""
+    """A sampler bound to one model inside a session (``create_sampling_session``); event loop only."""
 
     __slots__ = ("sampling_session_id", "session", "base_model", "model_path", "clients", "poller_logs")
 
@@ -73,7 +73,8 @@ class SamplingSession:
 
 
 class RequestRecord:
-    """One sample request from promise to expiry; its payload lives here until forgotten."""
+    """One sample request from promise to expiry; its payload lives here until forgotten. Event loop
+    only: worker threads never touch it, their results come back through the scheduler."""
 
     __slots__ = (
         "request_id", "owner", "session", "sampling_session_id", "seq_id", "plan", "model_name",
