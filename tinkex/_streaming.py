@@ -252,8 +252,12 @@ class _Texts:
     def apply(self, chunk: SampleStreamChunk) -> SampleStreamChunk:
         if self._tokenizer is None:
             return chunk
-        if chunk.kind is StreamChunkKind.TOKEN:
-            return attrs.evolve(chunk, token=self._decoder(chunk.sequence_index).feed(chunk.token_id))
+        if chunk.kind is StreamChunkKind.TOKEN:  # built directly: attrs.evolve costs more than the rest of a chunk
+            return SampleStreamChunk(
+                kind=StreamChunkKind.TOKEN, sequence_index=chunk.sequence_index, index=chunk.index,
+                token_id=chunk.token_id, token=self._decoder(chunk.sequence_index).feed(chunk.token_id),
+                logprob=chunk.logprob,
+            )
         rest = self._decoder(chunk.sequence_index).flush()
         return attrs.evolve(chunk, token=rest) if rest else chunk
 
