@@ -232,6 +232,34 @@ def test_bad_arguments_and_closed_clients(local_server: LocalServer) -> None:
             client.sample_stream(PROMPT, types.SamplingParams())
 
 
+def test_an_uninitialised_client_is_a_validation_error(clients: Any) -> None:
+    with FakeTinker() as fake:
+        fake.queue("/api/v1/create_sampling_session",
+                   Answer(body=json.dumps({"sampling_session_id": SSID}).encode(), delay=1.0))
+        with tinkex.ServiceClient(api_key="tml-fake-tinker-key-42", base_url=fake.base_url) as service:
+            ready = service.create_sampling_client_async(base_model=ECHO_MODEL)
+            client = service._clients[-1]
+            with pytest.raises(errors.ValidationError, match="not initialized"):
+                client.sample_stream(PROMPT, types.SamplingParams(max_tokens=2))
+            ready.result(10)
+
+
+def test_streams_wait_for_a_dispatch_slot(local_server: LocalServer, clients: Any) -> None:
+    client = clients(local_server)
+    slots = client._holder.dispatch.slots
+    taken = slots.remaining
+    slots.acquire(taken)  # every submit slot of this ServiceClient is busy
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.APITimeoutError, match="admission"):
+            client.sample_stream(PROMPT, types.SamplingParams(max_tokens=2), timeout=0.3)
+        assert time.monotonic() - started >= 0.25
+    finally:
+        slots.release(taken)
+    assert list(client.sample_stream(PROMPT, types.SamplingParams(max_tokens=2)))[-1].is_done
+    assert slots.remaining == taken  # the slot is held only until the answer's headers arrive
+
+
 def test_a_200_that_is_not_an_event_stream_is_a_decode_error(clients: Any) -> None:
     with FakeTinker() as fake:
         fake.queue("/api/v1/stream_sample", Answer(body=b'{"ok":true}'))
