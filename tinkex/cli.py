@@ -377,7 +377,8 @@ def _serve(arguments: List[str]) -> int:
 
 
 def _configure_logging(debug: bool) -> None:
-    debug = debug or os.environ.get("TINKER_LOG", "").lower() == "debug"
+    if os.environ.get("TINKER_LOG", "").strip():
+        return  # the library attaches its own stderr handler for TINKER_LOG; a second would print lines twice
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if debug:  # also when the root logger was configured before us
