@@ -21,7 +21,9 @@ from .errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    BadRequestError,
     ClientClosedError,
+    NotFoundError,
     PromiseExpiredError,
     TinkexError,
 )
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 LARGE_REQUEST_BYTES = 128 * 1024
 SUBMIT_RETRY_WINDOW = 300.0
+MAX_SESSION_RECOVERIES = 3  # per call: a server that forgets on every request is not retried forever
 _RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
@@ -87,8 +90,10 @@ class Sampler:
     def __init__(
         self, holder: Holder, transport: Transport, *, telemetry: Telemetry, reporter: QueueStateReporter,
         clock: Clock, next_seq_id: Callable[[], int], snapshot: Callable[[], Snapshot],
+        recover: Optional[Callable[[Snapshot], bool]] = None,
     ) -> None:
         self.holder = holder
+        self.recover = recover
         self.transport = transport
         self.stop = transport.stop_event
         self.telemetry = telemetry
@@ -100,7 +105,7 @@ class Sampler:
 
     def execute(self, call: SampleCall) -> SampleResponse:
         """Run the call with whole-call retries (a new seq_id per attempt)."""
-        attempt = 0
+        attempt = recoveries = 0
         while True:
             state = self.snapshot()
             seq_id = self.next_seq_id()
@@ -109,8 +114,22 @@ class Sampler:
                 self.last_progress = self.clock.monotonic()
                 return result
             except TinkexError as exc:
+                if recoveries < MAX_SESSION_RECOVERIES and self._session_recovered(state, exc):
+                    recoveries += 1
+                    continue
                 attempt += 1
                 self._before_retry(state, call, exc, attempt)
+
+    def _session_recovered(self, state: Snapshot, exc: TinkexError) -> bool:
+        """A 400 from asample or a 404 from a poll can mean the server forgot the sampling session
+        (it restarted); then the client re-creates it and the call goes on with a new seq_id."""
+        if not isinstance(exc, (BadRequestError, NotFoundError)) or self.recover is None:
+            return False
+        try:
+            return self.recover(state)
+        except TinkexError as failure:  # the original error is the one the caller should see
+            logger.warning("Could not re-create the sampling session: %s", failure)
+            return False
 
     def _before_retry(self, state: Snapshot, call: SampleCall, exc: TinkexError, attempt: int) -> None:
         retry = state.retry_config

@@ -153,6 +153,30 @@ class Holder:
                 logger.log(level, "%s", message)
         return answer.session_id
 
+    def renew_session(self, stale_session_id: str) -> str:
+        """Start a new session if the server no longer knows ``stale_session_id`` (it restarted);
+        returns the session id to use now."""
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("the ServiceClient is closed")
+            info = self._info
+            assert info is not None
+            if info.session_id == stale_session_id and self._session_forgotten(stale_session_id):
+                self._info = info = attrs.evolve(info, session_id=self._create_session())
+                logger.warning("The server no longer knows session %s; started session %s", stale_session_id,
+                               info.session_id)
+            return info.session_id
+
+    def _session_forgotten(self, session_id: str) -> bool:
+        try:
+            self.transport.request("POST", "session_heartbeat", body=SessionHeartbeatRequest(session_id=session_id),
+                                   read_timeout=10.0, max_retries=2)
+        except APIStatusError as exc:
+            return exc.status_code in (404, 410)
+        except APIError:
+            return False
+        return False
+
     def next_sampling_session_seq_id(self) -> int:
         return next(self._sampling_seq)
 
@@ -183,7 +207,7 @@ class Holder:
         last_success = self.clock.monotonic()
         next_refresh = last_success + max(info.dynamic_config.refresh_interval_sec, DYNAMIC_CONFIG_MIN_REFRESH)
         while not self.stop_event.wait(self._heartbeat_interval):
-            outcome = self._beat(info.session_id, last_success)
+            outcome = self._beat(self.info.session_id, last_success)  # renew_session may replace it
             if outcome == "finished":
                 return
             if outcome == "ok":

@@ -16,7 +16,7 @@ from ._limits import estimate_bytes
 from ._retry import SYSTEM_CLOCK, Clock, RetryConfig
 from ._sampler import SampleCall, Sampler, Snapshot
 from ._session import Holder
-from .errors import ClientClosedError, TinkexError, ValidationError
+from .errors import ClientClosedError, NotFoundError, TinkexError, ValidationError
 from .queue_state import QueueStateLogger, QueueStateReporter
 from .telemetry import Telemetry
 from .types import (
@@ -108,6 +108,7 @@ class SamplingClient:
         self._executor: Optional[ThreadPoolExecutor] = None
         self._pending: set[Future[Any]] = set()
         self._pending_lock = threading.Lock()  # guards _pending, the futures close() must cancel
+        self._recover_lock = threading.Lock()  # one re-creation of a forgotten sampling session at a time
         self._closed = False
         self._ready: Future[SamplingClient] = Future()
         self._init_thread = threading.Thread(target=self._initialise, name="tinkex-sampling-init", daemon=True)
@@ -142,7 +143,7 @@ class SamplingClient:
             next_seq_id=lambda: next(self._seq),
             reporter=QueueStateReporter(self._observer, {"session_id": info.session_id,
                                                          "sampling_session_id": sampling_session_id}),
-            snapshot=lambda: self._state,
+            snapshot=lambda: self._state, recover=self._recover_sampling_session,
         )
         self._holder.add_dynamic_config_listener(self._on_dynamic_config)
         return Snapshot(
@@ -158,6 +159,33 @@ class SamplingClient:
         )
         answer = self._holder.transport.request("POST", "create_sampling_session", body=request)
         return CreateSamplingSessionResponse.from_json(answer.json("create_sampling_session")).sampling_session_id
+
+    def _recover_sampling_session(self, stale: Snapshot) -> bool:
+        """Re-create the session and sampling session when the server no longer knows either (it
+        restarted); True when a newer snapshot is published, by this call or a concurrent one."""
+        with self._recover_lock:
+            current = self._snapshot
+            if current is None or current.sampling_session_id != stale.sampling_session_id:
+                return current is not None
+            if self._target.sampling_session_id is not None or self._closed or not self._forgotten(stale):
+                return False
+            session_id = self._holder.renew_session(stale.session_id)
+            if session_id == stale.session_id:
+                return False  # the session lives on: the error was about this request, not a restart
+            sampling_session_id = self._create_sampling_session(session_id)
+            logger.warning("The server no longer knows sampling session %s (did it restart?); continuing on new "
+                           "sampling session %s", stale.sampling_session_id, sampling_session_id)
+            self._publish(attrs.evolve(current, session_id=session_id, sampling_session_id=sampling_session_id))
+            return True
+
+    def _forgotten(self, state: Snapshot) -> bool:
+        try:
+            self._holder.transport.request("GET", f"samplers/{state.sampling_session_id}", max_retries=2)
+        except NotFoundError:
+            return True
+        except TinkexError:
+            return False
+        return False
 
     def _describe_sampler(self, sampling_session_id: str, base_model: Optional[str]) -> Any:
         try:
