@@ -8,7 +8,7 @@ Example:
 
 import logging
 
-from . import errors, types
+from . import errors, tokenizers, types
 from ._config import Config
 from ._futures import PollPolicy, SampleFuture
 from ._retry import RetryConfig
@@ -42,6 +42,7 @@ from .telemetry import Telemetry, TelemetrySnapshot
 __all__ = [
     "__version__",
     "errors",
+    "tokenizers",
     "types",
     "Config",
     "PollPolicy",
