@@ -1,0 +1,233 @@
+"""Client overhead: CPU per sample, throughput, latency, threads and memory of a sampling client.
+
+Starts ``python -m tinkex.server`` with the near-free ``tinkex/echo`` model in its own process
+(so server CPU is never counted as client CPU), then measures, in this process, tinkex's
+SamplingClient: client CPU per sample (user + sys of every thread), samples per second and
+p50/p99 latency at 1, 64 and 512 in flight (medians of several repetitions), and threads and
+RSS with 1,000 in flight (RSS after each of several bursts, to show memory stays flat). With
+the official SDK's side venv (``.venv-tinker``, built on first use as for the compat tests) it
+runs the same measurements of the official ``tinker`` SDK against the same server and prints
+both side by side with their ratio.
+
+Usage:
+    .venv/bin/python bench/client_overhead.py                  # tinkex and the official SDK
+    .venv/bin/python bench/client_overhead.py --no-official    # tinkex only
+    .venv/bin/python bench/client_overhead.py --profile        # cProfile of the tinkex run (top 30)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import requests
+from _common import run_suite
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "tinkex/echo"
+API_KEY = "tml-bench"
+GOAL_CPU_MS = 1.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default="1,64,512", help="samples in flight to measure (comma separated)")
+    parser.add_argument("--repetitions", type=int, default=5, help="repetitions per level (medians are reported)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one repetition")
+    parser.add_argument("--max-samples", type=int, default=20000, help="cap on samples per repetition")
+    parser.add_argument("--burst", type=int, default=1000, help="samples started at once for threads/RSS (0: skip)")
+    parser.add_argument("--burst-rounds", type=int, default=5, help="bursts in a row (RSS after each)")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--official", dest="official", action="store_true", default=True,
+                        help="also measure the official SDK (default)")
+    parser.add_argument("--no-official", dest="official", action="store_false")
+    parser.add_argument("--server", metavar="URL", help="use this running server instead of starting one")
+    parser.add_argument("--profile", action="store_true", help="profile the tinkex run with cProfile")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    return parser
+
+
+# -- the server process -------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_server() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "tinkex.server", "--port", str(port), "--model", MODEL, "--log-level", "WARNING"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
+        try:
+            if requests.get(f"{url}/api/v1/healthz", headers={"X-API-Key": API_KEY}, timeout=1).ok:
+                return process, url
+        except requests.RequestException:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the server did not come up within 60 s")
+
+
+def _stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# -- the two clients -------------------------------------------------------------------------------
+
+def _request_spec(args: argparse.Namespace) -> Dict[str, Any]:
+    prompt = [(17 * i + 3) % 256 for i in range(args.prompt_tokens)]
+    return {"prompt": prompt, "sampling_params": {"max_tokens": args.max_tokens, "seed": 7, "temperature": 1.0}}
+
+
+def _suite_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    return {"levels": [int(x) for x in args.levels.split(",")], "repetitions": args.repetitions,
+            "seconds": args.seconds, "max_samples": args.max_samples, "burst": args.burst,
+            "burst_rounds": args.burst_rounds}
+
+
+def run_tinkex(url: str, args: argparse.Namespace) -> Dict[str, Any]:
+    import tinkex
+    from tinkex import types
+
+    spec = _request_spec(args)
+    started = time.perf_counter()
+    with tinkex.ServiceClient(api_key=API_KEY, base_url=url) as service:
+        client = service.create_sampling_client(base_model=MODEL)
+        ready = time.perf_counter() - started
+        prompt = types.ModelInput.from_ints(spec["prompt"])
+        params = types.SamplingParams(**spec["sampling_params"])
+
+        def submit() -> Any:
+            return client.sample(prompt, 1, params)
+
+        if args.profile:
+            figures = _profiled(lambda: run_suite(submit, **_suite_kwargs(args)))
+        else:
+            figures = run_suite(submit, **_suite_kwargs(args))
+    figures.update(client=f"tinkex {tinkex.__version__}", startup_s=ready)
+    return figures
+
+
+def _profiled(run: Any) -> Dict[str, Any]:
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    figures = profiler.runcall(run)
+    stats = pstats.Stats(profiler, stream=sys.stdout)
+    print("\n# cProfile of the tinkex run (main thread only; worker threads are not profiled by cProfile)")
+    stats.sort_stats("cumulative").print_stats(30)
+    return figures
+
+
+def run_official(url: str, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    sys.path.insert(0, str(REPO))
+    from tests.compat.official_venv import OfficialSDKUnavailable, ensure_official_venv
+
+    try:
+        python = ensure_official_venv()
+    except OfficialSDKUnavailable as exc:
+        print(f"# official SDK not measured: {exc}", file=sys.stderr)
+        return None
+    spec = dict(_request_spec(args), base_url=url, api_key=API_KEY, base_model=MODEL, suite=_suite_kwargs(args))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "PYTHON"))}
+    script = Path(__file__).with_name("_official_overhead.py")
+    done = subprocess.run([str(python), str(script), json.dumps(spec)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        print(f"# official SDK run failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout)
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+def _rows(figures: Dict[str, Any]) -> List[tuple[str, float]]:
+    rows = []
+    for level, f in figures["levels"].items():
+        rows += [(f"client CPU ms/sample @{level}", f["cpu_ms_per_sample"]),
+                 (f"samples/s @{level}", f["samples_per_s"]),
+                 (f"p50 ms @{level}", f["p50_ms"]),
+                 (f"p99 ms @{level}", f["p99_ms"])]
+    burst = figures.get("burst")
+    if burst:
+        n = burst["in_flight"]
+        rows += [(f"threads @{n} in flight", burst["threads_peak"]),
+                 ("threads idle (after)", burst["threads_idle"]),
+                 (f"RSS MB before {n}", burst["rss_mb_before"]),
+                 (f"RSS MB peak @{n}", burst["rss_mb_peak"]),
+                 (f"RSS MB after last of {burst['rounds']} bursts", burst["rss_mb_after_each_round"][-1])]
+    rows.append(("start-up s (to a ready client)", figures["startup_s"]))
+    return rows
+
+
+def report(ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> None:
+    header = f"{'metric':38} {ours['client']:>14}"
+    if theirs:
+        header += f" {theirs['client']:>14} {'tinkex/official':>16}"
+    print(header)
+    their_rows = dict(_rows(theirs)) if theirs else {}
+    for name, value in _rows(ours):
+        line = f"{name:38} {value:14.3f}"
+        if theirs:
+            other = their_rows.get(name, float("nan"))
+            ratio = value / other if other else float("nan")
+            line += f" {other:14.3f} {ratio:16.3f}"
+        print(line)
+    for label, figures in (("tinkex", ours), ("official", theirs)):
+        if not figures:
+            continue
+        errors = {lvl: f["errors"] for lvl, f in figures["levels"].items() if f["errors"]}
+        if errors:
+            print(f"# {label}: failed samples per level {errors}; first: {_first_error(figures)}")
+        if figures.get("burst"):
+            after = ", ".join(f"{mb:.1f}" for mb in figures["burst"]["rss_mb_after_each_round"])
+            print(f"# {label}: RSS MB after each burst of {figures['burst']['in_flight']}: {after}")
+    cpu = [f["cpu_ms_per_sample"] for f in ours["levels"].values()]
+    verdict = "met" if max(cpu) < GOAL_CPU_MS else "MISSED"
+    print(f"# goal < {GOAL_CPU_MS} ms client CPU per sample: {verdict} (worst level {max(cpu):.3f} ms)")
+
+
+def _first_error(figures: Dict[str, Any]) -> Optional[str]:
+    return next((f["first_error"] for f in figures["levels"].values() if f["first_error"]), None)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    print("$ " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
+    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, prompt {args.prompt_tokens} tokens, "
+          f"max_tokens {args.max_tokens}, model {MODEL}, {args.repetitions} x {args.seconds:g}s per level (medians)")
+    server, url = (None, args.server) if args.server else _start_server()
+    try:
+        ours = run_tinkex(url, args)
+        theirs = run_official(url, args) if args.official else None
+    finally:
+        if server is not None:
+            _stop_server(server)
+    report(ours, theirs)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"tinkex": ours, "official": theirs}, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
