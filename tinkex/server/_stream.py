@@ -128,10 +128,10 @@ async def stream_sample(engine: Engine, request: web.Request, owner: str, body: 
     """Answer one ``stream_sample`` request; 4xx before the stream starts, SSE after."""
     record, _ = engine.submit(owner, body, streaming=True)
     response = web.StreamResponse(status=200, headers={**HEADERS, "X-Request-Id": record.request_id})
-    await response.prepare(request)
     stream = _Stream(engine, record, response, bool(request.get(DROP_AFTER)))
     record.listeners.add(stream.listener)
     try:
+        await response.prepare(request)
         await stream.run()
         await response.write_eof()
     except asyncio.CancelledError:
