@@ -10,8 +10,10 @@ Input lines are ``{"id": ..., "prompt": "..."}`` or ``{"id": ..., "tokens": [...
 optional per-line ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` and
 ``num_samples``. Output lines are ``{"id", "sequences": [{"text", "tokens", "logprobs",
 "stop_reason"}]}`` or ``{"id", "error": {"type", "message", ...}}``; unusable input lines are
-reported as ``{"id": null, "line": N, "error": {...}}``. Re-running the same command skips every
-id already in OUT, so a crash or Ctrl-C loses nothing and repeats nothing.
+reported as ``{"id": null, "line": N, "error": {...}}``. Output lines come in completion order.
+Re-running the same command skips every id already in OUT, so a crash or Ctrl-C loses nothing
+and repeats nothing; prompts that failed for a transient reason (connection, timeout, server
+error) get no line, so the re-run retries them.
 
 Worker processes need the API key: ``--processes`` hands it to the workers this command starts;
 Dask workers read ``TINKER_API_KEY`` from their environment unless ``--send-api-key`` (or
@@ -32,7 +34,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterator
 
-from .batch import BatchSummary, run_batch
+from .batch import BatchSummary, _check_paths, run_batch
 from .cli import (
     CLIError,
     _add_model_arguments,
@@ -92,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print("tinkex batch: error: give --processes or --dask-scheduler, not both", file=sys.stderr)
         return EXIT_USAGE
     params = _sampling_params(args)
-    with open(args.input, "rb"):  # a missing input fails before any server or session starts
-        pass
+    _check_paths(args.input, args.output)  # before any server or session starts
     send_key = bool(args.processes or args.local or (args.dask_scheduler and args.send_api_key))
     with _service(args, send_key) as service, _executor(args) as executor:
         client = _sampling_client(service, args)
@@ -134,7 +135,7 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
             try:
                 yield pool
             except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
+                _stop_workers(pool, context)
                 raise
     elif args.dask_scheduler:
         try:
@@ -146,6 +147,13 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
             yield client
     else:
         yield None
+
+
+def _stop_workers(pool: ProcessPoolExecutor, context: Any) -> None:
+    """On Ctrl-C or an error, end the workers this command started instead of letting their chunks finish."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for child in context.active_children():
+        child.terminate()
 
 
 def _ignore_sigint() -> None:

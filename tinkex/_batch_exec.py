@@ -197,7 +197,10 @@ class ChunkBackend:
         indexes = tuple(index for index, _ in self._buffer)
         items = [item for _, item in self._buffer]
         self._buffer = []
-        handle = self._pool.submit(run_chunk, self._blob, items, self._job)
+        try:
+            handle = self._pool.submit(run_chunk, self._blob, items, self._job)
+        except Exception as exc:  # e.g. a broken or shut-down pool: the run cannot go on
+            raise BatchWorkerError(f"the executor refused a chunk: {type(exc).__name__}: {exc}") from exc
         self._chunks[handle] = indexes
 
     def wait(self) -> List[Tuple[int, Outcome]]:

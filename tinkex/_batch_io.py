@@ -209,9 +209,9 @@ def count_lines(path: str) -> int:
 
 
 class OutputFile:
-    """The append-only output JSONL: whole lines, one ``os.write`` each.
+    """The append-only output JSONL: whole lines, one ``os.write`` each, under an exclusive lock.
 
-    Thread-safety: one writer thread.
+    Thread-safety: one writer thread; the file lock keeps other processes out.
 
     Example:
         >>> out, done = OutputFile.open("results.jsonl")  # doctest: +SKIP
@@ -227,6 +227,7 @@ class OutputFile:
         """Repair a torn last line, index what is there, and open for appending."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            _lock(fd, path)
             _cut_torn_line(fd, path)
             done = _index(path)
         except BaseException:
@@ -246,6 +247,18 @@ class OutputFile:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _lock(fd: int, path: str) -> None:
+    """Hold an exclusive lock while writing, so two runs never append the same ids (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TinkexError(f"{path} is being written by another run; wait for it or choose another file") from None
 
 
 def _cut_torn_line(fd: int, path: str) -> None:
@@ -295,6 +308,12 @@ class Renderer:
     """Turns a SampleResponse into an output line's ``sequences`` (picklable, runs in workers).
 
     The tokenizer is looked up by name where the renderer runs; with no tokenizer, ``text`` is null.
+    Thread-safety: safe to share; at worst two threads both look the tokenizer up once.
+
+    Example:
+        >>> from tinkex.types import SampledSequence, SampleResponse
+        >>> Renderer("tinkex/byte")(SampleResponse(sequences=[SampledSequence(tokens=[104, 105])]))["sequences"][0]
+        {'text': 'hi', 'tokens': [104, 105], 'logprobs': None, 'stop_reason': 'stop'}
     """
 
     def __init__(self, tokenizer_name: Optional[str]) -> None:

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import attrs
@@ -106,7 +107,15 @@ def sample_many(
         progress=progress, executor=executor, total=total, timeout=timeout, postprocess=postprocess,
         chunk_size=chunk_size, _ordered=True,
     )
-    return (outcome for _, outcome in pairs)
+    return _outcomes(pairs)
+
+
+def _outcomes(pairs: Iterator[Tuple[int, Any]]) -> Iterator[Any]:
+    try:
+        for _, outcome in pairs:
+            yield outcome
+    finally:
+        pairs.close()  # type: ignore[attr-defined]  # cancels outstanding work now, not at garbage collection
 
 
 def sample_many_unordered(
@@ -175,6 +184,10 @@ class BatchSummary:
         deferred: prompts that failed for a reason a re-run may not meet (connection, timeout,
             server error, a lost worker); nothing was written for them, so a re-run retries them.
         last_deferred_error: the last of those errors, for the report.
+
+    Example:
+        >>> BatchSummary(already_done=0, sampled=9, failed=1, invalid=0).deferred
+        0
     """
 
     already_done: int
@@ -220,6 +233,10 @@ class BatchAbortedError(TinkexError):
 
     Attributes:
         deferred: prompts left for a re-run.
+
+    Example:
+        >>> BatchAbortedError("stopped", deferred=100).deferred
+        100
     """
 
     def __init__(self, message: str, *, deferred: int = 0) -> None:
@@ -259,10 +276,11 @@ def run_batch(
         BatchSummary(already_done=0, sampled=1000, failed=0, invalid=0, deferred=0)
     """
     _check(sampling_params, "record", max_in_flight, chunk_size)
+    _check_paths(input_path, output_path)
     output, done = OutputFile.open(output_path)
     tally = _Tally(abort_after)
     try:
-        total = count_lines(input_path) - len(done) if wants_progress(progress) else None
+        total = max(0, count_lines(input_path) - len(done)) if wants_progress(progress) else None
         reporter = LazyProgress(progress, total)
         pending: Dict[int, Any] = {}
         items = _items(plan_lines(input_path, done, sampling_params), pending, output, tally, reporter)
@@ -276,6 +294,14 @@ def run_batch(
     finally:
         output.close()
     return tally.summary(len(done))
+
+
+def _check_paths(input_path: str, output_path: str) -> None:
+    with open(input_path, "rb"):  # a missing input fails before the output file is created
+        pass
+    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise ValidationError(f"the output file is the input file: {output_path!r}", field="output_path",
+                              value=output_path)
 
 
 def _items(entries: Iterable[Any], pending: Dict[int, Any], output: OutputFile, tally: _Tally,

@@ -217,3 +217,46 @@ def test_local_server_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["batch", str(tmp_path / "missing.jsonl"), str(out), "--local", "--model", ECHO_MODEL]) == 1
     err = capsys.readouterr().err
     assert "not both" in err and "--model is required" in err and "missing.jsonl" in err
+
+
+def test_ctrl_c_with_worker_processes_stops_quickly_and_resumes(fresh_server: Callable[..., LocalServer],
+                                                                tmp_path: Path) -> None:
+    server = fresh_server(token_delay_ms=5, max_concurrent_generations=32)
+    count = 400
+    source = write_lines(tmp_path / "in.jsonl", prompts(count))
+    out = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "tinkex", *batch(server, str(source), str(out), "--max-tokens", "20",
+                                                      "--processes", "2", "--chunk-size", "10")]
+    env = {**os.environ, "TINKER_API_KEY": server.api_key}
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_lines(out, 20, worker)
+        worker.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        _, stderr = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 130 and "interrupted" in stderr
+    assert time.monotonic() - interrupted < 10
+    assert out.read_bytes().count(b"\n") < count
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(ids_of(read_output(out))) == sorted(f"p{i}" for i in range(count))
+
+
+def test_one_run_at_a_time_per_output_and_never_into_the_input(keyed: LocalServer, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from tinkex._batch_io import OutputFile
+
+    source = write_lines(tmp_path / "in.jsonl", prompts(3))
+    out = tmp_path / "out.jsonl"
+    holder, _ = OutputFile.open(str(out))
+    try:
+        assert main(batch(keyed, str(source), str(out))) == 1
+    finally:
+        holder.close()
+    assert main(batch(keyed, str(source), str(source))) == 1
+    err = capsys.readouterr().err
+    assert "being written by another run" in err and "the output file is the input file" in err
+    assert out.read_text() == "" and len(source.read_text().splitlines()) == 3
