@@ -12,7 +12,7 @@ both side by side with their ratio.
 Usage:
     .venv/bin/python bench/client_overhead.py                  # tinkex and the official SDK
     .venv/bin/python bench/client_overhead.py --no-official    # tinkex only
-    .venv/bin/python bench/client_overhead.py --profile        # cProfile of the tinkex run (top 30)
+    .venv/bin/python bench/client_overhead.py --profile        # cProfile of every thread of the tinkex run
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import requests
 from _common import run_suite
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="also measure the official SDK (default)")
     parser.add_argument("--no-official", dest="official", action="store_false")
     parser.add_argument("--server", metavar="URL", help="use this running server instead of starting one")
-    parser.add_argument("--profile", action="store_true", help="profile the tinkex run with cProfile")
+    parser.add_argument("--profile", action="store_true", help="profile every thread of the tinkex run with cProfile")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     return parser
 
@@ -109,6 +110,9 @@ def run_tinkex(url: str, args: argparse.Namespace) -> Dict[str, Any]:
     import tinkex
     from tinkex import types
 
+    profiler = _AllThreadsProfiler() if args.profile else None
+    if profiler is not None:
+        profiler.start()  # before the client exists, so its worker threads are profiled too
     spec = _request_spec(args)
     started = time.perf_counter()
     with tinkex.ServiceClient(api_key=API_KEY, base_url=url) as service:
@@ -120,35 +124,64 @@ def run_tinkex(url: str, args: argparse.Namespace) -> Dict[str, Any]:
         def submit() -> Any:
             return client.sample(prompt, 1, params)
 
-        if args.profile:
-            figures = _profiled(lambda: run_suite(submit, **_suite_kwargs(args)))
-        else:
-            figures = run_suite(submit, **_suite_kwargs(args))
+        figures = run_suite(submit, **_suite_kwargs(args))
+    if profiler is not None:
+        profiler.report()
     figures.update(client=f"tinkex {tinkex.__version__}", startup_s=ready)
     return figures
 
 
-def _profiled(run: Any) -> Dict[str, Any]:
-    import cProfile
-    import pstats
+class _AllThreadsProfiler:
+    """cProfile in every thread started after ``start()`` (cProfile alone sees only its own thread)."""
 
-    profiler = cProfile.Profile()
-    figures = profiler.runcall(run)
-    stats = pstats.Stats(profiler, stream=sys.stdout)
-    print("\n# cProfile of the tinkex run (main thread only; worker threads are not profiled by cProfile)")
-    stats.sort_stats("cumulative").print_stats(30)
-    return figures
+    def __init__(self) -> None:
+        self.profiles: List[Any] = []
+
+    def start(self) -> None:
+        import cProfile
+
+        def hook(*_: Any) -> None:
+            profile = cProfile.Profile(time.thread_time)  # CPU time of the thread, not wall time
+            self.profiles.append(profile)  # list.append is atomic under the GIL
+            profile.enable()  # replaces this hook in the calling thread
+
+        threading.setprofile(hook)
+        hook()
+
+    def report(self) -> None:
+        import pstats
+
+        threading.setprofile(None)  # type: ignore[arg-type]
+        stats = pstats.Stats(*self.profiles, stream=sys.stdout)  # the main thread's profile stops here
+        print(f"\n# cProfile of the tinkex run, {len(self.profiles)} threads merged "
+              "(thread CPU time; profiling inflates it, so measure without --profile)")
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
 
 
-def run_official(url: str, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+def _against_server(args: argparse.Namespace, run: Callable[[str], Any]) -> Any:
+    """Run one client against ``--server`` or a fresh server of its own (no state left by the other)."""
+    if args.server:
+        return run(args.server)
+    server, url = _start_server()
+    try:
+        return run(url)
+    finally:
+        _stop_server(server)
+
+
+def _official_python() -> Optional[Path]:
     sys.path.insert(0, str(REPO))
     from tests.compat.official_venv import OfficialSDKUnavailable, ensure_official_venv
 
     try:
-        python = ensure_official_venv()
+        return ensure_official_venv()
     except OfficialSDKUnavailable as exc:
         print(f"# official SDK not measured: {exc}", file=sys.stderr)
         return None
+
+
+def run_official(python: Path, url: str, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     spec = dict(_request_spec(args), base_url=url, api_key=API_KEY, base_model=MODEL, suite=_suite_kwargs(args))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "PYTHON"))}
     script = Path(__file__).with_name("_official_overhead.py")
@@ -216,13 +249,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("$ " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, prompt {args.prompt_tokens} tokens, "
           f"max_tokens {args.max_tokens}, model {MODEL}, {args.repetitions} x {args.seconds:g}s per level (medians)")
-    server, url = (None, args.server) if args.server else _start_server()
-    try:
-        ours = run_tinkex(url, args)
-        theirs = run_official(url, args) if args.official else None
-    finally:
-        if server is not None:
-            _stop_server(server)
+    ours = _against_server(args, lambda url: run_tinkex(url, args))
+    theirs = None
+    if args.official:
+        python = _official_python()
+        if python is not None:
+            theirs = _against_server(args, lambda url: run_official(python, url, args))
     report(ours, theirs)
     if args.json:
         Path(args.json).write_text(json.dumps({"tinkex": ours, "official": theirs}, indent=2), encoding="utf-8")
