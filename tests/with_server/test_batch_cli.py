@@ -158,7 +158,7 @@ def test_transient_failures_are_left_for_the_rerun(fresh_server: Callable[..., L
     slow = [{"id": f"slow{i}", "tokens": [i], "max_tokens": 40} for i in range(3)]  # 2 s each: past the deadline
     source = write_lines(tmp_path / "in.jsonl", fast + slow)
     out = tmp_path / "out.jsonl"
-    assert main(batch(server, str(source), str(out), "--timeout", "0.5")) == 1
+    assert main(batch(server, str(source), str(out), "--timeout", "1")) == 1
     assert sorted(ids_of(read_output(out))) == sorted(f"p{i}" for i in range(6))
     assert "3 prompts failed transiently" in capsys.readouterr().err
     server.stop()
