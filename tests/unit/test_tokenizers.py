@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.strategies import property_settings
 from tinkex import tokenizers as tk
 from tinkex.errors import ValidationError
 from tinkex.types import ModelInput, SampledSequence, SampleResponse
@@ -100,7 +101,7 @@ def test_local_models_share_the_byte_tokenizer() -> None:
 
 
 @given(st.text(max_size=40))
-@settings(max_examples=200, deadline=None)
+@property_settings(200)
 def test_byte_stream_joins_to_decode_without_broken_characters(text: str) -> None:
     byte = tk.get_tokenizer("tinkex/byte")
     try:
@@ -138,7 +139,7 @@ def bpe(tmp_path_factory: pytest.TempPathFactory) -> tk.HuggingFaceTokenizer:
 
 
 @given(st.text(max_size=30))
-@settings(max_examples=150, deadline=None)
+@property_settings(150)
 def test_bpe_stream_joins_to_decode_without_broken_characters(bpe: tk.HuggingFaceTokenizer, text: str) -> None:
     try:
         ids = bpe.encode(text, add_special_tokens=False)
