@@ -18,6 +18,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shlex
@@ -25,12 +26,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import requests
 from _common import run_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,19 +70,30 @@ def _free_port() -> int:
 def _start_server() -> tuple[subprocess.Popen, str]:
     port = _free_port()
     command = [sys.executable, "-m", "tinkex.server", "--port", str(port), "--model", MODEL, "--log-level", "WARNING"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited: {process.stderr.read().decode(errors='replace')[-2000:]}")
-        try:
-            if requests.get(f"{url}/api/v1/healthz", headers={"X-API-Key": API_KEY}, timeout=1).ok:
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: an unread pipe could fill and stall the server
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if _healthy(port):
                 return process, url
-        except requests.RequestException:
             time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not come up within 60 s")
+        process.kill()
+        process.wait()
+        log.seek(0)
+        raise SystemExit(f"the server did not come up on {url}:\n{log.read().decode(errors='replace')[-3000:]}")
+
+
+def _healthy(port: int) -> bool:
+    # http.client, not requests: nothing in this process may share tinkex's urllib3 state.
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        connection.request("GET", "/api/v1/healthz", headers={"X-API-Key": API_KEY})
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 def _stop_server(process: subprocess.Popen) -> None:
