@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--setups", default="1,2,dask",
                         help="comma separated: 1 (one process), 2 (--processes 2), dask")
+    parser.add_argument("--concurrency", type=int, help="pass --concurrency N to every run (default: the CLI's)")
     parser.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip the fifth-size memory run")
     return parser
 
@@ -192,8 +193,9 @@ def write_input(path: Path, lines: int) -> None:
 
 
 def batch_command(url: str, source: Path, out: Path, args: argparse.Namespace, *extra: str) -> List[str]:
+    window = ["--concurrency", str(args.concurrency)] if args.concurrency else []
     return [sys.executable, "-m", "tinkex", "batch", str(source), str(out), "--model", MODEL, "--base-url", url,
-            "--max-tokens", str(args.max_tokens), "--no-progress", *extra]
+            "--max-tokens", str(args.max_tokens), "--no-progress", *window, *extra]
 
 
 def measure(name: str, command: List[str], out: Path, lines: int, repeats: int, dask: Any = None) -> Dict[str, Any]:

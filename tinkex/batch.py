@@ -15,7 +15,9 @@ Scale-out: pass ``executor=`` a ``concurrent.futures.ProcessPoolExecutor`` or a
 unpickles it once and samples from the same sampling session (seq_ids from ``clone_id ×
 10^9``). Workers need the API key: create the ServiceClient with ``pickle_api_key=True``, or
 set ``TINKER_API_KEY`` in the workers' environment. Prompts travel to workers in chunks of
-``chunk_size``; a chunk runs its prompts concurrently on the worker's client.
+``chunk_size``; a chunk runs its prompts concurrently on the worker's client. Give a process
+pool a ``spawn`` or ``forkserver`` context (``mp_context=multiprocessing.get_context("spawn")``):
+forking a process that runs client threads can deadlock the child.
 
 Example:
     >>> params = types.SamplingParams(max_tokens=16)  # doctest: +SKIP
