@@ -66,15 +66,22 @@ class _TrackingAdapter(HTTPAdapter):
 
     def __init__(self, **kwargs: Any) -> None:
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.aborted = False
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        registry = self.connections
-        for scheme, pool_cls in list(self.poolmanager.pool_classes_by_scheme.items()):
-            self.poolmanager.pool_classes_by_scheme[scheme] = _tracking_pool(pool_cls, registry)
+        # A new dict: urllib3's PoolManager holds its module-level mapping, and patching that one
+        # would chain every later transport's pools to this adapter (and to its close()).
+        manager = self.poolmanager
+        manager.pool_classes_by_scheme = {
+            scheme: _tracking_pool(pool_cls, self) for scheme, pool_cls in manager.pool_classes_by_scheme.items()
+        }
 
     def abort_all(self) -> None:
+        # Set first: a connection still being opened checks it once connected (see _tracking_pool),
+        # so a call that raced past close() cannot block in a read that nothing will abort.
+        self.aborted = True
         for conn in list(self.connections):
             sock = getattr(conn, "sock", None)
             if sock is not None:
@@ -84,11 +91,19 @@ class _TrackingAdapter(HTTPAdapter):
                     pass
 
 
-def _tracking_pool(pool_cls: Any, registry: Any) -> Any:
+def _tracking_pool(pool_cls: Any, adapter: _TrackingAdapter) -> Any:
+    class TrackingConnection(pool_cls.ConnectionCls):
+        def connect(self) -> None:
+            super().connect()
+            if adapter.aborted:
+                self.sock.shutdown(socket.SHUT_RDWR)
+
     class TrackingPool(pool_cls):
+        ConnectionCls = TrackingConnection
+
         def _new_conn(self) -> Any:
             conn = super()._new_conn()
-            registry.add(conn)
+            adapter.connections.add(conn)
             return conn
 
     return TrackingPool
