@@ -13,7 +13,7 @@ import attrs
 
 from . import _codec
 from ._retry import Clock
-from ._transport import Response, Transport, is_bare_400
+from ._transport import BODY_EXCERPT_CHARS, Response, Transport, is_bare_400
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -312,7 +312,9 @@ def _handle_ok(
 
 def _failed(request_id: str, body: Mapping[str, Any]) -> RequestFailedError:
     category = RequestErrorCategory.parse(body.get("category"))
-    message = body.get("error")
+    message = str(body.get("error"))
+    if len(message) > BODY_EXCERPT_CHARS:  # the server's text, capped like every other body excerpt
+        message = message[:BODY_EXCERPT_CHARS] + "…"
     return RequestFailedError(
         f"Request failed: {message} for request_id={request_id!r} (category {category.value})",
         request_id=request_id, category=category.value,

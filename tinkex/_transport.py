@@ -24,6 +24,7 @@ from . import _codec
 from ._config import Config
 from ._retry import SYSTEM_CLOCK, Clock, HTTPRetryPolicy, is_retryable_status, parse_retry_after
 from ._version import __version__
+from ._watchdog import DeadlineWatchdog, watch_connection
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -93,6 +94,10 @@ class _TrackingAdapter(HTTPAdapter):
 
 def _tracking_pool(pool_cls: Any, adapter: _TrackingAdapter) -> Any:
     class TrackingConnection(pool_cls.ConnectionCls):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            watch_connection(self)  # the running call's deadline now covers this connection
+            return super().request(*args, **kwargs)
+
         def connect(self) -> None:
             super().connect()
             if adapter.aborted:
@@ -188,6 +193,7 @@ class Transport:
         self._credential = config.api_key
         self._base_headers = self._build_base_headers()
         self._session = self._build_session(pool_size)
+        self._watchdog = DeadlineWatchdog(clock.monotonic)
         self._closed = False
 
     def _build_session(self, pool_size: int) -> requests.Session:
@@ -339,11 +345,18 @@ class Transport:
         self, method: str, path: str, payload: Optional[bytes], headers: Dict[str, str],
         read_timeout: Optional[float], deadline: Optional[float],
     ) -> Response:
-        raw = self.open(method, path, payload, headers, read_timeout, deadline)
-        try:
-            content = self._read_body(raw, deadline)
-        finally:
-            raw.close()
+        with self._watchdog.watching(deadline):
+            try:
+                raw = self.open(method, path, payload, headers, read_timeout, deadline)
+                try:
+                    content = self._read_body(raw, deadline)
+                finally:
+                    raw.close()
+            except APIConnectionError as exc:
+                if isinstance(exc, APITimeoutError) or deadline is None or self.clock.monotonic() < deadline:
+                    raise
+                url = self.url(path)  # the watchdog cut a call that was still reading at its deadline
+                raise _DeadlineExceeded(f"{method} {url} ran past the call's deadline", url=url) from None
         return Response(status=raw.status_code, headers=raw.headers, content=content, url=raw.url)
 
     def open(
@@ -412,6 +425,7 @@ class Transport:
             self._stop.set()
             self._adapter.abort_all()
             self._session.close()
+            self._watchdog.close()
 
 
 class _DeadlineExceeded(APITimeoutError):

@@ -40,6 +40,8 @@ class ServiceClient:
         verify: TLS verification (True, False or a CA bundle path); False warns once.
         default_headers: extra headers on every request.
         pickle_api_key: let pickled SamplingClients carry the key to other processes.
+        max_response_bytes: the largest answer read from the server (64 MiB); a larger one is
+            abandoned as a broken connection after that many bytes.
 
     Example:
         >>> with tinkex.ServiceClient() as service:  # doctest: +SKIP
@@ -58,12 +60,14 @@ class ServiceClient:
         verify: Any = None,
         default_headers: Optional[Dict[str, str]] = None,
         pickle_api_key: bool = False,
+        max_response_bytes: Optional[int] = None,
         clock: Clock = SYSTEM_CLOCK,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
     ) -> None:
         self.config = Config.from_env(
             api_key, base_url, timeout=timeout, max_retries=max_retries, project_id=project_id,
             user_metadata=user_metadata, verify=verify, default_headers=default_headers,
+            max_response_bytes=max_response_bytes,
         )
         apply_log_level(self.config.log_level)
         self._holder = Holder(self.config, clock=clock, heartbeat_interval=heartbeat_interval)
