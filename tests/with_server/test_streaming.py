@@ -416,7 +416,7 @@ def test_leaving_early_disconnects_and_stops_the_generation(
     gc.collect()
     wait_until(lambda: server.stats()["stream_disconnects"] == 1)
     wait_until(lambda: server.stats()["stream_cancels"] == 1)  # the server stopped generating
-    assert server.stats()["running"] == 0
+    wait_until(lambda: server.stats()["running"] == 0)  # its worker saw the cancel at the next token
 
 
 def abandon_streams(server: LocalServer, client: Any, count: int) -> None:
