@@ -15,9 +15,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
-from .errors import ValidationError
+from .errors import TinkexError, ValidationError
 
-__all__ = ["Config", "DEFAULT_BASE_URL", "redact_key", "check_api_key"]
+__all__ = ["Config", "DEFAULT_BASE_URL", "redact_key", "redact_error", "check_api_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,21 @@ def redact_key(key: Optional[str]) -> str:
     if not key:
         return "<unset>"
     return key[:4] + "…" if key.startswith(("tml-", "eyJ")) else "<redacted>"
+
+
+def redact_error(exc: BaseException, secret: str) -> BaseException:
+    """Remove ``secret`` from a tinkex error's message and body excerpt, in place; returns it.
+
+    A server may quote the key back (in a failed future's text, a body that fails to decode);
+    errors reach the caller's logs and tracebacks, so the key is cut out on the way.
+    """
+    if secret and isinstance(exc, TinkexError) and secret in str(exc.__dict__):
+        exc.message = exc.message.replace(secret, "<redacted>")
+        exc.args = (exc.message,)
+        body = getattr(exc, "body", None)
+        if isinstance(body, str):
+            exc.body = body.replace(secret, "<redacted>")  # type: ignore[attr-defined]
+    return exc
 
 
 def _jwt_expiry(token: str) -> Optional[float]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 import attrs
 
 from . import _lifecycle
+from ._config import redact_error
 from ._futures import Cancelled, PollPolicy, SampleFuture
 from ._limits import estimate_bytes
 from ._retry import SYSTEM_CLOCK, Clock, RetryConfig
@@ -329,7 +330,7 @@ class SamplingClient:
             self._sampler.cancel_remote(cancelled.request_id, state)
         except BaseException as exc:  # every failure reaches the future; nothing is swallowed
             self._record_failure(exc)
-            future.set_exception(exc)
+            future.set_exception(redact_error(exc, self._holder.config.api_key))
         else:
             self._telemetry.record("completed", latency=self._clock.monotonic() - started)
             future.set_result(finish(result) if finish is not None else result)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -23,10 +24,11 @@ from tinkex._proto import encode_sample_response
 from tinkex.types import SampledSequence, SampleResponse, StopReason
 
 __all__ = ["HostileServer", "SilentListener", "Recorded", "reply", "json_reply", "stall", "trickle", "flood",
-           "raw", "redirect", "sse", "unused_port", "RESULT_TOKENS", "SESSION", "SSID"]
+           "raw", "redirect", "sse", "unused_port", "RESULT_TOKENS", "SESSION", "SSID", "ASAMPLE_PATH"]
 
 SESSION = "sess-hostile"
 SSID = f"{SESSION}:sample:0"
+ASAMPLE_PATH = "/api/v1/asample"
 RESULT_TOKENS = [7, 8, 9]
 MIB = 1024 * 1024
 
@@ -178,6 +180,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = _serve
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client hanging up or refusing our certificate is the point of these tests
+
+
 class HostileServer:
     """The misbehaving peer on ``host`` (any 127.0.0.0/8 address), a free port.
 
@@ -188,21 +195,27 @@ class HostileServer:
         ...     server.on("/api/v1/asample", stall())
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: Optional[Tuple[str, str]] = None) -> None:
         self._lock = threading.Lock()
         self._behaviours = _defaults()
         self.requests: List[Recorded] = []
         self._stop = threading.Event()
         handler = type("Handler", (_Handler,), {"server_stop": self._stop, "owner": self})
-        self._server = ThreadingHTTPServer((host, 0), handler)
+        self._server = _QuietServer((host, 0), handler)
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if tls is not None:  # (certificate file, key file): serve https with that certificate
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
                                         name="hostile-server")
 
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def on(self, path: str, behaviour: Behaviour) -> None:
         with self._lock:
