@@ -51,7 +51,8 @@ serve: $(STAMP)
 	$(BIN)/tinkex serve
 
 soak: $(STAMP)
-	TINKEX_SOAK_SECONDS=$(DURATION) $(BIN)/python -m pytest -m soak -p no:cacheprovider --timeout=0 tests
+	TINKEX_SOAK_SECONDS=$(DURATION) $(BIN)/python -m pytest -m soak -p no:cacheprovider --timeout=0 \
+		-o log_cli=true --log-cli-level=INFO tests
 
 fuzz: $(STAMP)
 	TINKEX_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest --timeout=0 tests/unit/test_fuzz.py
