@@ -101,9 +101,9 @@ def test_one_byte_per_second_fails_by_the_deadline(hostile: HostileServer, path:
         answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: %d\r\n\r\n%s" % (
             len(body), body)
     hostile.on(path, trickle(answer, 0.5, whole_response=whole))
-    error, elapsed = timed_sample(hostile.base_url, 2.0, timeout=1.0)
+    error, elapsed = timed_sample(hostile.base_url, 1.5, timeout=1.0)
     assert isinstance(error, errors.APITimeoutError), repr(error)
-    assert elapsed < 2.0 + SLACK_S
+    assert elapsed < 1.5 + SLACK_S
     assert_names_url(error, hostile.base_url)
 
 

@@ -35,7 +35,7 @@ from tinkex._retry import parse_retry_after
 from tinkex.errors import DecodeError, ValidationError
 
 ALLOWED = (DecodeError, ValidationError)
-EXAMPLES = int(os.environ.get("TINKEX_FUZZ_EXAMPLES", "") or 150)
+EXAMPLES = int(os.environ.get("TINKEX_FUZZ_EXAMPLES", "") or 100)
 FUZZ = settings(max_examples=EXAMPLES, deadline=datetime.timedelta(seconds=5),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
