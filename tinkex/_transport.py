@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar, merge_cookies
 
@@ -193,6 +194,7 @@ class Transport:
         self._credential = config.api_key
         self._base_headers = self._build_base_headers()
         self._session = self._build_session(pool_size)
+        self._direct = not self._session.proxies
         self._watchdog = DeadlineWatchdog(clock.monotonic)
         self._closed = False
 
@@ -347,6 +349,10 @@ class Transport:
     ) -> Response:
         with self._watchdog.watching(deadline):
             try:
+                if self._direct:
+                    response = self._send_direct(method, path, payload, headers, read_timeout, deadline)
+                    if response is not None:
+                        return response
                 raw = self.open(method, path, payload, headers, read_timeout, deadline)
                 try:
                     content = self._read_body(raw, deadline)
@@ -358,6 +364,58 @@ class Transport:
                 url = self.url(path)  # the watchdog cut a call that was still reading at its deadline
                 raise _DeadlineExceeded(f"{method} {url} ran past the call's deadline", url=url) from None
         return Response(status=raw.status_code, headers=raw.headers, content=content, url=raw.url)
+
+    def _send_direct(
+        self, method: str, path: str, payload: Optional[bytes], headers: Dict[str, str],
+        read_timeout: Optional[float], deadline: Optional[float],
+    ) -> Optional[Response]:
+        """One call straight through the adapter's urllib3 pool: half the CPU of the requests path.
+
+        Used when no proxy is configured. The pool is the adapter's own (same TLS settings,
+        same tracked connections that ``close()`` aborts). A redirect answer returns None so
+        the requests path, which strips credentials across hosts, follows it instead.
+        """
+        if self._closed:
+            raise APIConnectionError("the client is closed", url=self.url(path))
+        url = self.url(path)
+        connect, read = self._timeouts(read_timeout, deadline)
+        try:
+            pool: Any = self._adapter.get_connection_with_tls_context(
+                _UrlOnly(url), self._session.verify  # type: ignore[arg-type]
+            )
+            raw = pool.urlopen(method, urlsplit(url).path, body=payload, headers=headers, retries=False, redirect=False,
+                               timeout=urllib3.Timeout(connect=connect, read=read), preload_content=False,
+                               assert_same_host=False)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise _direct_error(method, url, exc) from None
+        try:
+            content = None if raw.status in _REDIRECTS else self._read_direct(raw, url, deadline)
+        except BaseException:
+            raw.close()  # an unread remainder must not go back to the pool
+            raise
+        finally:
+            raw.release_conn()
+        if content is None:
+            return None
+        return Response(status=raw.status, headers=raw.headers, content=content, url=url)
+
+    def _read_direct(self, raw: Any, url: str, deadline: Optional[float]) -> bytes:
+        limit = self.config.max_response_bytes
+        declared = raw.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIConnectionError(f"{url} answered {declared} bytes, over max_response_bytes={limit}", url=url)
+        parts, total = [], 0
+        try:
+            for chunk in raw.stream(_READ_CHUNK, decode_content=True):
+                total += len(chunk)
+                if total > limit:
+                    raise APIConnectionError(f"{url} answered more than max_response_bytes={limit}", url=url)
+                if deadline is not None and self.clock.monotonic() > deadline:
+                    raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
+                parts.append(chunk)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _direct_error("reading the answer of", url, exc) from None
+        return b"".join(parts)
 
     def open(
         self, method: str, path: str, payload: Optional[bytes], headers: Mapping[str, str],
@@ -430,6 +488,23 @@ class Transport:
 
 class _DeadlineExceeded(APITimeoutError):
     """The caller's deadline passed: never retried by the HTTP layer."""
+
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+@attrs.frozen
+class _UrlOnly:
+    """What the adapter reads of a request to pick its connection pool: the URL."""
+
+    url: str
+
+
+def _direct_error(what: str, url: str, exc: BaseException) -> APIConnectionError:
+    refused = isinstance(exc, urllib3.exceptions.NewConnectionError)  # a ConnectTimeoutError subclass, oddly
+    if not refused and isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout)):
+        return APITimeoutError(f"{what} {url} timed out ({type(exc).__name__})", url=url)
+    return APIConnectionError(f"{what} {url} failed: {type(exc).__name__}", url=url)
 
 
 def _describe(exc: BaseException) -> str:
