@@ -42,6 +42,12 @@ def _check_expected_tokens(value: Any) -> Optional[int]:
     return value
 
 
+def _image_length(expected_tokens: Optional[int]) -> int:
+    if expected_tokens is None:
+        raise ValidationError("an image chunk needs expected_tokens to have a length", field="expected_tokens")
+    return expected_tokens
+
+
 @attrs.frozen
 class EncodedTextChunk:
     """A run of token ids.
@@ -78,9 +84,7 @@ class ImageChunk:
 
     @property
     def length(self) -> int:
-        if self.expected_tokens is None:
-            raise ValidationError("an image chunk needs expected_tokens to have a length", field="expected_tokens")
-        return self.expected_tokens
+        return _image_length(self.expected_tokens)
 
     def to_json(self) -> dict:
         out: dict = {"data": base64.b64encode(self.data).decode("ascii"), "format": self.format}
@@ -106,9 +110,7 @@ class ImageAssetPointerChunk:
 
     @property
     def length(self) -> int:
-        if self.expected_tokens is None:
-            raise ValidationError("an image chunk needs expected_tokens to have a length", field="expected_tokens")
-        return self.expected_tokens
+        return _image_length(self.expected_tokens)
 
     def to_json(self) -> dict:
         out: dict = {"format": self.format, "location": self.location}

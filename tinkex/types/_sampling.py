@@ -40,17 +40,34 @@ TopkLogprobs = Optional[List[Tuple[int, float]]]
 StopSpec = Union[str, List[str], List[int], None]
 
 
-class StopReason(str, enum.Enum):
-    """Why a sequence ended: a stop string/token or EOS (``stop``), or ``max_tokens`` (``length``)."""
-
-    STOP = "stop"
-    LENGTH = "length"
+class _WireEnum(str, enum.Enum):
+    """A string enum that prints as its wire value."""
 
     def __str__(self) -> str:
         return self.value
 
 
-class QueueState(str, enum.Enum):
+class _LenientEnum(_WireEnum):
+    """A wire enum that reads any unrecognised value (or a non-string) as ``UNKNOWN``."""
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return cls(value.strip().lower())
+            except ValueError:
+                pass
+        return cls("unknown")
+
+
+class StopReason(_WireEnum):
+    """Why a sequence ended: a stop string/token or EOS (``stop``), or ``max_tokens`` (``length``)."""
+
+    STOP = "stop"
+    LENGTH = "length"
+
+
+class QueueState(_LenientEnum):
     """The server's queue state for a pending request; anything unrecognised is ``UNKNOWN``."""
 
     ACTIVE = "active"
@@ -58,37 +75,13 @@ class QueueState(str, enum.Enum):
     PAUSED_CAPACITY = "paused_capacity"
     UNKNOWN = "unknown"
 
-    @classmethod
-    def parse(cls, value: Any) -> QueueState:
-        if isinstance(value, str):
-            try:
-                return cls(value.strip().lower())
-            except ValueError:
-                pass
-        return cls.UNKNOWN
 
-    def __str__(self) -> str:
-        return self.value
-
-
-class RequestErrorCategory(str, enum.Enum):
+class RequestErrorCategory(_LenientEnum):
     """Who a failed request is blamed on; only ``USER`` failures are not worth retrying."""
 
     UNKNOWN = "unknown"
     SERVER = "server"
     USER = "user"
-
-    @classmethod
-    def parse(cls, value: Any) -> RequestErrorCategory:
-        if isinstance(value, str):
-            try:
-                return cls(value.strip().lower())
-            except ValueError:
-                pass
-        return cls.UNKNOWN
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def _invalid(field: str, value: Any, rule: str) -> ValidationError:
@@ -493,15 +486,12 @@ class CompleteMetadataResponse:
         return {"status": "complete_metadata", "response_payload_size": self.response_payload_size}
 
 
-class StreamChunkKind(str, enum.Enum):
+class StreamChunkKind(_WireEnum):
     """What a stream chunk holds: a token, the end of a sequence, or a failure."""
 
     TOKEN = "token"
     DONE = "done"
     ERROR = "error"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @attrs.frozen
