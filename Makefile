@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DURATION ?= 600
-FUZZ_EXAMPLES ?= 20000
+FUZZ_EXAMPLES ?= 2000
 
 .PHONY: install demo test unit lint typecheck bench serve soak fuzz compat clean
 

@@ -23,6 +23,7 @@ import requests
 import urllib3.exceptions
 
 from . import _codec
+from ._config import redact_error
 from ._limits import estimate_bytes
 from ._retry import Clock
 from ._sampler import SampleCall, Snapshot
@@ -83,9 +84,10 @@ class StreamIterator:
         ...             print(chunk.token, end="", flush=True)
     """
 
-    def __init__(self, source: Any, texts: _Texts) -> None:
+    def __init__(self, source: Any, texts: _Texts, secret: str = "") -> None:
         self._source = source
         self._texts = texts
+        self._secret = secret
         self._finished = False
 
     def __iter__(self) -> StreamIterator:
@@ -96,8 +98,9 @@ class StreamIterator:
             raise StopIteration
         try:
             chunk = self._source.next_chunk()
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            redact_error(exc, self._secret)  # in place: the traceback stays the original one
             raise
         return self._texts.apply(chunk)
 
@@ -167,15 +170,21 @@ def stream_sample(
     texts = _Texts(_find_tokenizer(client))
     body = request.to_json()
     body.pop("seq_id", None)
+    secret = client._holder.config.api_key
     if state.stream_supported:
-        response = _open(client, state, body, estimate_bytes(prompt), deadline, idle)
+        try:
+            response = _open(client, state, body, estimate_bytes(prompt), deadline, idle)
+        except TinkexError as exc:
+            redact_error(exc, secret)
+            raise
         if response is not None:
             sampler = client._sampler
             source = _LiveSource(response, request.num_samples, clock=client._clock, idle_timeout=idle,
                                  deadline=deadline, stop=sampler.stop)
-            return StreamIterator(source, texts)
+            return StreamIterator(source, texts, secret)
         _remember_unsupported(client)
-    return StreamIterator(_FallbackSource(client, prompt, sampling_params, request.num_samples, deadline), texts)
+    fallback = _FallbackSource(client, prompt, sampling_params, request.num_samples, deadline)
+    return StreamIterator(fallback, texts, secret)
 
 
 def stream_text(

@@ -267,7 +267,7 @@ class Engine:
         """Cancel every pending request, so that no worker thread outlives the server."""
         for record in list(self.store.records.values()):
             if record.is_pending:
-                self.scheduler.cancel(record, "the server is shutting down")
+                self.scheduler.cancel(record, "the server is shutting down", category="server")
 
     def pause_state(self) -> Optional[Tuple[str, str, float]]:
         """The injected pause window in force: ``(queue_state, reason, seconds left)`` or None."""

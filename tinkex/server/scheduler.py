@@ -155,15 +155,19 @@ class Scheduler:
 
     # finishing ----------------------------------------------------------------------------
 
-    def cancel(self, record: RequestRecord, reason: str = "request was cancelled") -> bool:
-        """Stop ``record`` if it is pending; True when it was. A queued record never starts."""
+    def cancel(self, record: RequestRecord, reason: str = "request was cancelled", category: str = "user") -> bool:
+        """Stop ``record`` if it is pending; True when it was. A queued record never starts.
+
+        ``category`` is who the failure is blamed on: the client that cancelled (``user``) or
+        the server itself (``server``, e.g. when it shuts down).
+        """
         if not record.is_pending:
             return False
         if record.state == QUEUED:
             self.queued -= 1
         elif record.cancel_flag is not None:
             record.cancel_flag.set()
-        self._complete(record, CANCELLED, error=reason, category="user")
+        self._complete(record, CANCELLED, error=reason, category=category)
         return True
 
     def _complete(
