@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
+import requests
 
 from tests.with_server.conftest import RawApi, sample_body
 from tinkex.errors import ValidationError
@@ -25,6 +26,10 @@ def test_every_route_needs_a_key(local_server: LocalServer, name: str) -> None:
 def test_admin_stats_needs_a_key(local_server: LocalServer) -> None:
     assert RawApi(local_server, key="").get("admin/stats").status_code == 401
     assert RawApi(local_server).get("admin/stats").status_code == 200
+    short = local_server.base_url + "/admin/stats"
+    assert requests.get(short, timeout=10).status_code == 401
+    answer = requests.get(short, headers={"X-API-Key": local_server.api_key}, timeout=10)
+    assert answer.status_code == 200 and "faults_total" in answer.json()
 
 
 def test_default_mode_accepts_any_tml_key(local_server: LocalServer) -> None:

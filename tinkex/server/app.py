@@ -148,4 +148,5 @@ def create_app(engine: Engine) -> web.Application:
         handler: Callable[..., Any] = getattr(handlers, name)
         app.router.add_route(method, API_PREFIX + path, handler, name=name)
     app.router.add_get(API_PREFIX + "admin/stats", handlers.admin_stats, name="admin_stats")
+    app.router.add_get("/admin/stats", handlers.admin_stats)  # the short path; same checks, no faults
     return app
