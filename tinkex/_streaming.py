@@ -13,7 +13,6 @@ snapshot.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
@@ -29,6 +28,7 @@ from ._retry import Clock
 from ._sampler import SampleCall, Snapshot
 from ._sse import decode_chunk, iter_events, read_chunks
 from ._transport import Response, Transport
+from ._watchdog import shutdown_connection
 from .errors import (
     APIConnectionError,
     APITimeoutError,
@@ -422,13 +422,7 @@ class _LiveSource:
 
 
 def _shutdown(response: requests.Response) -> None:
-    connection = getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    shutdown_connection(getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None))
 
 
 class _FallbackSource:

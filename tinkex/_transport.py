@@ -25,7 +25,7 @@ from . import _codec
 from ._config import Config
 from ._retry import SYSTEM_CLOCK, Clock, HTTPRetryPolicy, is_retryable_status, parse_retry_after
 from ._version import __version__
-from ._watchdog import DeadlineWatchdog, watch_connection
+from ._watchdog import DeadlineWatchdog, shutdown_connection, watch_connection
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -85,12 +85,7 @@ class _TrackingAdapter(HTTPAdapter):
         # so a call that raced past close() cannot block in a read that nothing will abort.
         self.aborted = True
         for conn in list(self.connections):
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            shutdown_connection(conn)
 
 
 def _tracking_pool(pool_cls: Any, adapter: _TrackingAdapter) -> Any:
@@ -102,7 +97,7 @@ def _tracking_pool(pool_cls: Any, adapter: _TrackingAdapter) -> Any:
         def connect(self) -> None:
             super().connect()
             if adapter.aborted:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                shutdown_connection(self)
 
     class TrackingPool(pool_cls):
         ConnectionCls = TrackingConnection

@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-__all__ = ["DeadlineWatchdog", "watch_connection"]
+__all__ = ["DeadlineWatchdog", "watch_connection", "shutdown_connection"]
 
 _call = threading.local()  # the watchdog and deadline of the call running on this thread, if any
 
@@ -95,7 +95,7 @@ class DeadlineWatchdog:
                 if expired is None:
                     return
                 for conn in expired:
-                    _shutdown(conn)
+                    shutdown_connection(conn)
 
     def _wait_for_expiry(self) -> Optional[List[Any]]:
         """Under the lock: block until some deadline passes; None once closed."""
@@ -129,7 +129,8 @@ class DeadlineWatchdog:
             thread.join(5.0)
 
 
-def _shutdown(conn: Any) -> None:
+def shutdown_connection(conn: Any) -> None:
+    """Shut down ``conn``'s socket (if it has one) so a read blocked on it fails at once."""
     sock = getattr(conn, "sock", None)
     if sock is not None:
         try:
