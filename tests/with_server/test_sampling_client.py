@@ -8,7 +8,7 @@ import os
 import pickle
 import threading
 import time
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -84,29 +84,26 @@ def test_thousand_concurrent_samples_are_all_correct(service: tinkex.ServiceClie
     assert client.get_telemetry().snapshot().completed == 1000
 
 
-def test_dropped_promise_is_resubmitted_with_the_same_seq_id(fresh_server: Callable[..., LocalServer]) -> None:
-    server = fresh_server(faults="seed=1,asample.drop_after=1.0")
+def sample_through_one_fault(server: LocalServer) -> Tuple[tinkex.SamplingClient, List[Dict[str, Any]]]:
+    """Sample once while the server's fault profile is on, clearing it after the first fault."""
     with tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url) as service:
         client = service.create_sampling_client(base_model=ECHO_MODEL)
         future = client.sample(PROMPT, 1, types.SamplingParams(max_tokens=4, seed=1))
         wait_until(lambda: server.stats()["faults_total"] >= 1)
         server.set_faults(None)
         future.result(30)
-        records = server.records(client.sampling_session_id)
+        return client, server.records(client.sampling_session_id)
+
+
+def test_dropped_promise_is_resubmitted_with_the_same_seq_id(fresh_server: Callable[..., LocalServer]) -> None:
+    client, records = sample_through_one_fault(fresh_server(faults="seed=1,asample.drop_after=1.0"))
     assert [(r["seq_id"], r["generations"]) for r in records] == [(0, 1)]
     assert client.get_telemetry().snapshot().resubmissions >= 1
 
 
 def test_expired_promise_takes_a_new_seq_id(fresh_server: Callable[..., LocalServer]) -> None:
-    server = fresh_server(faults="seed=1,retrieve_future.410=1.0")
-    with tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url) as service:
-        client = service.create_sampling_client(base_model=ECHO_MODEL)
-        future = client.sample(PROMPT, 1, types.SamplingParams(max_tokens=4, seed=1))
-        wait_until(lambda: server.stats()["faults_total"] >= 1)
-        server.set_faults(None)
-        future.result(30)
-        seq_ids = sorted(r["seq_id"] for r in server.records(client.sampling_session_id))
-    assert seq_ids[:2] == [0, 1]
+    _, records = sample_through_one_fault(fresh_server(faults="seed=1,retrieve_future.410=1.0"))
+    assert sorted(r["seq_id"] for r in records)[:2] == [0, 1]
 
 
 def test_429_backoff_is_shared_and_timed(fresh_server: Callable[..., LocalServer]) -> None:
