@@ -10,6 +10,14 @@ Example:
     {'chunks': [{'tokens': [1, 2, 3], 'type': 'encoded_text'}]}
 """
 
+from ._answers import (
+    CompleteMetadataResponse,
+    RequestFailedResponse,
+    SamplePromise,
+    SampleStreamChunk,
+    StreamChunkKind,
+    TryAgainResponse,
+)
 from ._model_input import (
     EncodedTextChunk,
     ImageAssetPointerChunk,
@@ -18,20 +26,14 @@ from ._model_input import (
     ModelInputChunk,
 )
 from ._sampling import (
-    CompleteMetadataResponse,
     QueueState,
     RequestErrorCategory,
-    RequestFailedResponse,
     SampledSequence,
-    SamplePromise,
     SampleRequest,
     SampleResponse,
-    SampleStreamChunk,
     SamplingParams,
     StopReason,
-    StreamChunkKind,
     TopkLogprobs,
-    TryAgainResponse,
 )
 from ._session import (
     CancelFutureRequest,

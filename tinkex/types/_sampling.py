@@ -1,4 +1,4 @@
-"""Sampling values: parameters, requests, results, future answers and stream chunks."""
+"""Sampling values: parameters, requests and results, and the wire enums they share."""
 
 from __future__ import annotations
 
@@ -28,12 +28,6 @@ __all__ = [
     "SampledSequence",
     "SampleResponse",
     "TopkLogprobs",
-    "TryAgainResponse",
-    "RequestFailedResponse",
-    "CompleteMetadataResponse",
-    "SamplePromise",
-    "StreamChunkKind",
-    "SampleStreamChunk",
 ]
 
 TopkLogprobs = Optional[List[Tuple[int, float]]]
@@ -398,126 +392,3 @@ class SampleResponse:
             attrs.evolve(seq, sequence_id=ids[i]) if i < len(ids) else seq for i, seq in enumerate(self.sequences)
         ]
         return attrs.evolve(self, sequences=sequences)
-
-
-@attrs.frozen
-class SamplePromise:
-    """The answer to ``asample``: a handle to poll with ``retrieve_future``."""
-
-    request_id: str
-    model_id: Optional[str] = None
-    sample_sequence_ids: Optional[List[str]] = None
-
-    @classmethod
-    def from_json(cls, data: Any) -> SamplePromise:
-        mapping = require_mapping(data, "SamplePromise")
-        ids = get_field(mapping, "sample_sequence_ids", "SamplePromise", list, None)
-        if ids is not None and not all(isinstance(item, str) for item in ids):
-            raise DecodeError("SamplePromise: sample_sequence_ids must be strings")
-        return cls(
-            request_id=get_field(mapping, "request_id", "SamplePromise", str),
-            model_id=get_field(mapping, "model_id", "SamplePromise", str, None),
-            sample_sequence_ids=ids,
-        )
-
-    def to_json(self) -> dict:
-        return {
-            "request_id": self.request_id, "model_id": self.model_id, "sample_sequence_ids": self.sample_sequence_ids,
-        }
-
-
-@attrs.frozen
-class TryAgainResponse:
-    """A pending future: poll again. ``queue_state`` says why it waits."""
-
-    request_id: str
-    queue_state: QueueState = QueueState.UNKNOWN
-    queue_state_reason: Optional[str] = None
-    type: str = attrs.field(default="try_again", init=False)
-
-    @classmethod
-    def from_json(cls, data: Any) -> TryAgainResponse:
-        mapping = require_mapping(data, "TryAgainResponse")
-        kind = mapping.get("type")
-        if not isinstance(kind, str) or kind.lower() != "try_again":
-            raise DecodeError(f"TryAgainResponse: type must be 'try_again', got {kind!r}")
-        return cls(
-            request_id=get_field(mapping, "request_id", "TryAgainResponse", str),
-            queue_state=QueueState.parse(mapping.get("queue_state")),
-            queue_state_reason=get_field(mapping, "queue_state_reason", "TryAgainResponse", str, None),
-        )
-
-    def to_json(self) -> dict:
-        return fields_to_json(self)
-
-
-@attrs.frozen
-class RequestFailedResponse:
-    """A failed future: ``error`` is the server's message."""
-
-    error: str
-    category: RequestErrorCategory = RequestErrorCategory.UNKNOWN
-
-    @classmethod
-    def from_json(cls, data: Any) -> RequestFailedResponse:
-        mapping = require_mapping(data, "RequestFailedResponse")
-        return cls(
-            error=get_field(mapping, "error", "RequestFailedResponse", str),
-            category=RequestErrorCategory.parse(mapping.get("category")),
-        )
-
-    def to_json(self) -> dict:
-        return {"error": self.error, "category": self.category.value}
-
-
-@attrs.frozen
-class CompleteMetadataResponse:
-    """The result is ready and ``response_payload_size`` bytes long; re-poll for it."""
-
-    response_payload_size: int
-    status: str = attrs.field(default="complete_metadata", init=False)
-
-    @classmethod
-    def from_json(cls, data: Any) -> CompleteMetadataResponse:
-        mapping = require_mapping(data, "CompleteMetadataResponse")
-        return cls(response_payload_size=get_field(mapping, "response_payload_size", "CompleteMetadataResponse", int))
-
-    def to_json(self) -> dict:
-        return {"status": "complete_metadata", "response_payload_size": self.response_payload_size}
-
-
-class StreamChunkKind(_WireEnum):
-    """What a stream chunk holds: a token, the end of a sequence, or a failure."""
-
-    TOKEN = "token"
-    DONE = "done"
-    ERROR = "error"
-
-
-@attrs.frozen
-class SampleStreamChunk:
-    """One event of ``sample_stream``.
-
-    Example:
-        >>> SampleStreamChunk(kind=StreamChunkKind.TOKEN, token_id=72, token="H", index=0).is_token
-        True
-    """
-
-    kind: StreamChunkKind
-    sequence_index: int = 0
-    index: Optional[int] = None
-    token_id: Optional[int] = None
-    token: Optional[str] = None
-    logprob: Optional[float] = None
-    finish_reason: Optional[StopReason] = None
-    total_tokens: Optional[int] = None
-    message: Optional[str] = None
-    category: Optional[RequestErrorCategory] = None
-
-    @property
-    def is_token(self) -> bool:
-        return self.kind is StreamChunkKind.TOKEN
-
-    @property
-    def is_done(self) -> bool:
-        return self.kind is StreamChunkKind.DONE
