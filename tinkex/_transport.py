@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import logging
 import platform
-import socket
 import threading
 import uuid
-import weakref
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
 import attrs
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from requests.cookies import RequestsCookieJar, merge_cookies
 
 from . import _codec
 from ._config import Config
+from ._pool import REDIRECTS, TrackingAdapter, UrlOnly, direct_error
 from ._retry import SYSTEM_CLOCK, Clock, HTTPRetryPolicy, is_retryable_status, parse_retry_after
 from ._version import __version__
-from ._watchdog import DeadlineWatchdog, shutdown_connection, watch_connection
+from ._watchdog import DeadlineWatchdog
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -61,53 +59,6 @@ class Response:
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "")
-
-
-class _TrackingAdapter(HTTPAdapter):
-    """An adapter that remembers its sockets, so ``close()`` can abort calls blocked in a read."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.aborted = False
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        # A new dict: urllib3's PoolManager holds its module-level mapping, and patching that one
-        # would chain every later transport's pools to this adapter (and to its close()).
-        manager = self.poolmanager
-        manager.pool_classes_by_scheme = {
-            scheme: _tracking_pool(pool_cls, self) for scheme, pool_cls in manager.pool_classes_by_scheme.items()
-        }
-
-    def abort_all(self) -> None:
-        # Set first: a connection still being opened checks it once connected (see _tracking_pool),
-        # so a call that raced past close() cannot block in a read that nothing will abort.
-        self.aborted = True
-        for conn in list(self.connections):
-            shutdown_connection(conn)
-
-
-def _tracking_pool(pool_cls: Any, adapter: _TrackingAdapter) -> Any:
-    class TrackingConnection(pool_cls.ConnectionCls):
-        def request(self, *args: Any, **kwargs: Any) -> Any:
-            watch_connection(self)  # the running call's deadline now covers this connection
-            return super().request(*args, **kwargs)
-
-        def connect(self) -> None:
-            super().connect()
-            if adapter.aborted:
-                shutdown_connection(self)
-
-    class TrackingPool(pool_cls):
-        ConnectionCls = TrackingConnection
-
-        def _new_conn(self) -> Any:
-            conn = super()._new_conn()
-            adapter.connections.add(conn)
-            return conn
-
-    return TrackingPool
 
 
 class _Session(requests.Session):
@@ -195,7 +146,7 @@ class Transport:
 
     def _build_session(self, pool_size: int) -> requests.Session:
         session = _Session()
-        self._adapter = _TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self._adapter = TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         session.mount("http://", self._adapter)
         session.mount("https://", self._adapter)
         session.verify = self.config.verify
@@ -376,15 +327,15 @@ class Transport:
         connect, read = self._timeouts(read_timeout, deadline)
         try:
             pool: Any = self._adapter.get_connection_with_tls_context(
-                _UrlOnly(url), self._session.verify  # type: ignore[arg-type]
+                UrlOnly(url), self._session.verify  # type: ignore[arg-type]
             )
             raw = pool.urlopen(method, urlsplit(url).path, body=payload, headers=headers, retries=False, redirect=False,
                                timeout=urllib3.Timeout(connect=connect, read=read), preload_content=False,
                                assert_same_host=False)
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            raise _direct_error(method, url, exc) from None
+            raise direct_error(method, url, exc) from None
         try:
-            content = None if raw.status in _REDIRECTS else self._read_direct(raw, url, deadline)
+            content = None if raw.status in REDIRECTS else self._read_direct(raw, url, deadline)
         except BaseException:
             raw.close()  # an unread remainder must not go back to the pool
             raise
@@ -409,7 +360,7 @@ class Transport:
                     raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
                 parts.append(chunk)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _direct_error("reading the answer of", url, exc) from None
+            raise direct_error("reading the answer of", url, exc) from None
         return b"".join(parts)
 
     def open(
@@ -485,23 +436,6 @@ class _DeadlineExceeded(APITimeoutError):
     """The caller's deadline passed: never retried by the HTTP layer."""
 
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-@attrs.frozen
-class _UrlOnly:
-    """What the adapter reads of a request to pick its connection pool: the URL."""
-
-    url: str
-
-
-def _direct_error(what: str, url: str, exc: BaseException) -> APIConnectionError:
-    refused = isinstance(exc, urllib3.exceptions.NewConnectionError)  # a ConnectTimeoutError subclass, oddly
-    if not refused and isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout)):
-        return APITimeoutError(f"{what} {url} timed out ({type(exc).__name__})", url=url)
-    return APIConnectionError(f"{what} {url} failed: {type(exc).__name__}", url=url)
-
-
 def _describe(exc: BaseException) -> str:
     reason = exc.__class__.__name__
     inner = exc.args[0] if exc.args else None
@@ -518,7 +452,3 @@ def _encode_body(body: Any) -> Optional[bytes]:
         return bytes(body)
     encode = getattr(body, "to_json", None)
     return _codec.dumps(encode() if encode is not None else body)
-
-
-def host_of(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()

@@ -1,0 +1,86 @@
+"""The urllib3 pool under the transport's session: connections it can abort, and direct sends.
+
+``close()`` must be able to stop a call blocked in a read, so the adapter remembers every
+connection its pools open and can shut their sockets down. Calls on the hot path skip the
+``requests`` layer and go straight to the same pool (half the CPU per call); this module
+holds the small pieces that path needs.
+"""
+
+from __future__ import annotations
+
+import socket
+import weakref
+from typing import Any
+
+import attrs
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from ._watchdog import shutdown_connection, watch_connection
+from .errors import APIConnectionError, APITimeoutError
+
+__all__ = ["TrackingAdapter", "UrlOnly", "REDIRECTS", "direct_error"]
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class TrackingAdapter(HTTPAdapter):
+    """An adapter that remembers its sockets, so ``close()`` can abort calls blocked in a read."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.aborted = False
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        # A new dict: urllib3's PoolManager holds its module-level mapping, and patching that one
+        # would chain every later transport's pools to this adapter (and to its close()).
+        manager = self.poolmanager
+        manager.pool_classes_by_scheme = {
+            scheme: _tracking_pool(pool_cls, self) for scheme, pool_cls in manager.pool_classes_by_scheme.items()
+        }
+
+    def abort_all(self) -> None:
+        # Set first: a connection still being opened checks it once connected (see _tracking_pool),
+        # so a call that raced past close() cannot block in a read that nothing will abort.
+        self.aborted = True
+        for conn in list(self.connections):
+            shutdown_connection(conn)
+
+
+def _tracking_pool(pool_cls: Any, adapter: TrackingAdapter) -> Any:
+    class TrackingConnection(pool_cls.ConnectionCls):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            watch_connection(self)  # the running call's deadline now covers this connection
+            return super().request(*args, **kwargs)
+
+        def connect(self) -> None:
+            super().connect()
+            if adapter.aborted:
+                shutdown_connection(self)
+
+    class TrackingPool(pool_cls):
+        ConnectionCls = TrackingConnection
+
+        def _new_conn(self) -> Any:
+            conn = super()._new_conn()
+            adapter.connections.add(conn)
+            return conn
+
+    return TrackingPool
+
+
+@attrs.frozen
+class UrlOnly:
+    """What the adapter reads of a request to pick its connection pool: the URL."""
+
+    url: str
+
+
+def direct_error(what: str, url: str, exc: BaseException) -> APIConnectionError:
+    """The tinkex error for a urllib3 or socket failure of a direct send."""
+    refused = isinstance(exc, urllib3.exceptions.NewConnectionError)  # a ConnectTimeoutError subclass, oddly
+    if not refused and isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout)):
+        return APITimeoutError(f"{what} {url} timed out ({type(exc).__name__})", url=url)
+    return APIConnectionError(f"{what} {url} failed: {type(exc).__name__}", url=url)
