@@ -28,12 +28,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
-API_KEY = "tml-bench"
-MODEL = "tinkex/echo"
+from _server import API_KEY, MODEL, start_server
+
 GOAL = 2000.0
 PROMPT = list(b"The quick brown fox")
 
@@ -217,20 +215,11 @@ def _pinning() -> Tuple[Optional[Set[int]], Optional[Set[int]]]:
 
 
 def _start_server(server_cores: Optional[Set[int]]) -> Tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "tinkex.server", "--port", "0", "--model", MODEL, "--log-level", "WARNING",
-               "--api-key", API_KEY]  # fmt: skip
-
     def pin() -> None:
         if server_cores:
             os.sched_setaffinity(0, server_cores)
 
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=pin)
-    assert child.stdout is not None
-    banner = child.stdout.readline()
-    if not banner.startswith("tinkex server on "):
-        child.kill()
-        raise RuntimeError(f"the server did not start: {banner!r}")
-    return child, banner.split()[3]
+    return start_server(preexec_fn=pin)
 
 
 def _one_run(url: str, args: argparse.Namespace, client_cores: Optional[Set[int]]) -> int:

@@ -25,16 +25,16 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sseclient  # noqa: E402
+from _server import API_KEY, MODEL, start_server  # noqa: E402
 
 import tinkex  # noqa: E402
 from tinkex import types  # noqa: E402
@@ -42,21 +42,7 @@ from tinkex._byte_tokenizer import ByteTokenizer  # noqa: E402
 from tinkex._sse import decode_chunk, iter_events  # noqa: E402
 from tinkex._streaming import _Texts  # noqa: E402
 
-API_KEY = "tml-bench"
-MODEL = "tinkex/echo"
 PROMPT = types.ModelInput.from_ints(list(b"The quick brown fox jumps over the lazy dog. "))
-
-
-def start_server(token_delay_ms: float) -> Tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "tinkex.server", "--port", "0", "--model", MODEL, "--log-level", "WARNING",
-               "--api-key", API_KEY, "--token-delay-ms", str(token_delay_ms)]  # fmt: skip
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    assert child.stdout is not None
-    banner = child.stdout.readline()
-    if not banner.startswith("tinkex server on "):
-        child.kill()
-        raise RuntimeError(f"the server did not start: {banner!r}")
-    return child, banner.split()[3]
 
 
 def cpu_seconds() -> float:
@@ -120,8 +106,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=20, help="tokens per paced stream")
     parser.add_argument("--long-tokens", type=int, default=2000, help="tokens per unpaced stream")
     args = parser.parse_args()
-    paced_server, paced_url = start_server(args.token_delay_ms)
-    fast_server, fast_url = start_server(0.0)
+    paced_server, paced_url = start_server(("--token-delay-ms", str(args.token_delay_ms)))
+    fast_server, fast_url = start_server(("--token-delay-ms", "0.0"))
     try:
         with tinkex.ServiceClient(api_key=API_KEY, base_url=paced_url) as paced_service, \
                 tinkex.ServiceClient(api_key=API_KEY, base_url=fast_url) as fast_service:
