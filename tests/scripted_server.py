@@ -11,7 +11,7 @@ import collections
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union
 
 import attrs
 
@@ -34,38 +34,63 @@ class Recorded:
 
 
 Script = Union[Answer, Callable[[Recorded], Answer]]
+T = TypeVar("T", bound="LoopbackServer")
 
 
-class ScriptedServer:
-    """Serves queued answers; an unscripted path answers 404. Thread-safe: one lock guards the script."""
+class LoopbackServer:
+    """What every threaded test server here shares: its thread, lifecycle and request log.
 
-    def __init__(self) -> None:
+    Thread-safety: the request log is guarded by ``_lock``, which subclasses also use for their
+    own scripts.
+    """
+
+    scheme = "http"
+
+    def __init__(self, server: ThreadingHTTPServer, name: str) -> None:
         self._lock = threading.Lock()
-        self._script: Dict[str, Deque[Script]] = collections.defaultdict(collections.deque)
-        self._default: Dict[str, Script] = {}
         self.requests: List[Recorded] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._stop = threading.Event()
+        self._server = server
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True, name=name)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        host, port = self._server.server_address[:2]
+        return f"{self.scheme}://{host}:{port}"
 
-    def start(self) -> ScriptedServer:
-        self._thread.start()
+    def start(self: T) -> T:
+        self._thread.start()  # type: ignore[attr-defined]
         return self
 
     def stop(self) -> None:
+        self._stop.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
 
-    def __enter__(self) -> ScriptedServer:
-        return self.start()
+    def __enter__(self: T) -> T:
+        return self.start()  # type: ignore[attr-defined, no-any-return]
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _record(self, recorded: Recorded) -> None:
+        with self._lock:
+            self.requests.append(recorded)
+
+    def calls(self, path: str) -> List[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+
+class ScriptedServer(LoopbackServer):
+    """Serves queued answers; an unscripted path answers 404. Thread-safe: one lock guards the script."""
+
+    def __init__(self) -> None:
+        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class()), "scripted-server")
+        self._script: Dict[str, Deque[Script]] = collections.defaultdict(collections.deque)
+        self._default: Dict[str, Script] = {}
 
     def queue(self, path: str, *answers: Script) -> None:
         with self._lock:
@@ -75,13 +100,9 @@ class ScriptedServer:
         with self._lock:
             self._default[path] = answer
 
-    def calls(self, path: str) -> List[Recorded]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
     def _next(self, recorded: Recorded) -> Optional[Answer]:
+        self._record(recorded)
         with self._lock:
-            self.requests.append(recorded)
             queued = self._script.get(recorded.path)
             script = queued.popleft() if queued else self._default.get(recorded.path)
         if script is None:

@@ -18,8 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-import attrs
-
+from tests.scripted_server import LoopbackServer, Recorded
 from tinkex._proto import encode_sample_response
 from tinkex.types import SampledSequence, SampleResponse, StopReason
 
@@ -33,14 +32,6 @@ RESULT_TOKENS = [7, 8, 9]
 MIB = 1024 * 1024
 
 Behaviour = Callable[["_Handler"], None]
-
-
-@attrs.frozen
-class Recorded:
-    method: str
-    path: str
-    headers: Dict[str, str]
-    body: bytes
 
 
 def reply(status: int = 200, body: bytes = b"{}", content_type: str = "application/json",
@@ -185,7 +176,7 @@ class _QuietServer(ThreadingHTTPServer):
         pass  # a client hanging up or refusing our certificate is the point of these tests
 
 
-class HostileServer:
+class HostileServer(LoopbackServer):
     """The misbehaving peer on ``host`` (any 127.0.0.0/8 address), a free port.
 
     Thread-safety: ``on``, ``requests`` and ``calls`` may be used from any thread (one lock).
@@ -196,26 +187,16 @@ class HostileServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", tls: Optional[Tuple[str, str]] = None) -> None:
-        self._lock = threading.Lock()
+        stop = threading.Event()
+        handler = type("Handler", (_Handler,), {"server_stop": stop, "owner": self})
+        super().__init__(_QuietServer((host, 0), handler), "hostile-server")
+        self._stop = stop
         self._behaviours = _defaults()
-        self.requests: List[Recorded] = []
-        self._stop = threading.Event()
-        handler = type("Handler", (_Handler,), {"server_stop": self._stop, "owner": self})
-        self._server = _QuietServer((host, 0), handler)
-        self._server.daemon_threads = True
-        self._scheme = "http"
         if tls is not None:  # (certificate file, key file): serve https with that certificate
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-            self._scheme = "https"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
-                                        name="hostile-server")
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{self._scheme}://{host}:{port}"
+            self.scheme = "https"
 
     def on(self, path: str, behaviour: Behaviour) -> None:
         with self._lock:
@@ -224,30 +205,6 @@ class HostileServer:
     def behaviour(self, path: str) -> Behaviour:
         with self._lock:
             return self._behaviours.get(path, json_reply({"detail": f"no route {path}"}, 404))
-
-    def _record(self, recorded: Recorded) -> None:
-        with self._lock:
-            self.requests.append(recorded)
-
-    def calls(self, path: str) -> List[Recorded]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path]
-
-    def start(self) -> HostileServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> HostileServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class SilentListener:
