@@ -294,6 +294,9 @@ def _handle_ok(
         raise DecodeError(f"retrieve_future answered a JSON {type(body).__name__}, not an object")
     kind = body.get("type")
     if isinstance(kind, str) and kind.lower() == "try_again":
+        # The official SDK warns on every try_again; at hundreds in flight that is noise, and
+        # pauses already reach the observer, so it is a debug line here.
+        logger.debug("Retrying request request_id=%r because of try_again", request_id)
         ctx.on_event("try_again")
         if "queue_state" in body or "queue_state_reason" in body:
             reason = body.get("queue_state_reason")
