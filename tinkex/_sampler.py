@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 import attrs
 
@@ -102,6 +102,8 @@ class Sampler:
         self.next_seq_id = next_seq_id
         self.snapshot = snapshot
         self.last_progress = clock.monotonic()
+        self._polling: Set[str] = set()
+        self._polling_lock = threading.Lock()  # guards _polling: the requests close() cancels on the server
 
     def execute(self, call: SampleCall) -> SampleResponse:
         """Run the call with whole-call retries (a new seq_id per attempt)."""
@@ -157,9 +159,13 @@ class Sampler:
         if isinstance(answer, SampleResponse):
             return answer
         ctx = self._poll_context(state, call, answer.request_id)
+        with self._polling_lock:
+            self._polling.add(answer.request_id)
         try:
             result = poll_result(ctx, answer.request_id)
         finally:
+            with self._polling_lock:
+                self._polling.discard(answer.request_id)
             self.reporter.forget(answer.request_id)
         return result.with_sequence_ids(answer.sample_sequence_ids or ())
 
@@ -248,6 +254,29 @@ class Sampler:
                                    read_timeout=30.0, max_retries=2)
         except TinkexError as exc:
             logger.info("cancel_future for %s failed: %s", request_id, exc)
+
+    def cancel_polling(self, state: Snapshot, budget_s: float = 2.0) -> int:
+        """At close: ask the server to drop requests still being polled; returns how many were sent.
+
+        Sent only when dynamic config enables ``cancel_future``; at most
+        ``sample_cancel_max_batch_size`` of them, within ``budget_s`` seconds in all, so closing
+        never waits long on a slow server (finishing the session ends the rest of the work).
+        """
+        if not state.dynamic_config.sample_cancel_enabled or self.stop.is_set():
+            return 0
+        with self._polling_lock:
+            request_ids = sorted(self._polling)[: state.dynamic_config.sample_cancel_max_batch_size]
+        deadline = self.clock.monotonic() + budget_s
+        sent = 0
+        for request_id in request_ids:
+            try:
+                self.transport.request("POST", "cancel_future", body={"request_id": request_id},
+                                       read_timeout=budget_s, max_retries=0, deadline=deadline)
+                sent += 1
+            except TinkexError as exc:
+                logger.info("cancel_future for %s at close failed: %s", request_id, exc)
+                break
+        return sent
 
     def _check_cancel(self, call: SampleCall) -> None:
         if call.cancel.is_set():

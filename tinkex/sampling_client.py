@@ -419,6 +419,9 @@ class SamplingClient:
             pending = list(self._pending)
         for future in pending:
             future.cancel()
+        state = self._snapshot
+        if self._executor is not None and state is not None:
+            self._sampler.cancel_polling(state)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._transport.close()  # aborts reads still blocked, so the workers unwind now

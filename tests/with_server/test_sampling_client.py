@@ -179,6 +179,20 @@ def test_cancel_reaches_the_server(fresh_server: Callable[..., LocalServer]) -> 
         assert client.get_telemetry().snapshot().cancelled == 1
 
 
+def test_close_cancels_polled_requests_on_the_server(fresh_server: Callable[..., LocalServer]) -> None:
+    server = fresh_server(models=(DEFAULT_MODEL,), token_delay_ms=100, poll_hold_s=0.3,
+                          dynamic_config={"sample_cancel_enabled": True})
+    service = tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url)
+    client = service.create_sampling_client(base_model=DEFAULT_MODEL)
+    futures = [client.sample(PROMPT, 1, types.SamplingParams(max_tokens=300, seed=i)) for i in range(3)]
+    wait_until(lambda: server.stats()["requests"].get("retrieve_future", 0) >= 3)
+    started = time.monotonic()
+    service.close()
+    assert time.monotonic() - started < 5
+    assert all(f.cancelled() for f in futures)
+    assert server.stats()["cancels"] >= 1
+
+
 def test_result_timeout_cancels_nothing(service: tinkex.ServiceClient) -> None:
     client = service.create_sampling_client(base_model=DEFAULT_MODEL)
     future = client.sample(PROMPT, 1, types.SamplingParams(max_tokens=400, seed=2))
