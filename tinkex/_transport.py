@@ -10,7 +10,7 @@ import logging
 import platform
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
 import attrs
@@ -346,22 +346,10 @@ class Transport:
         return Response(status=raw.status, headers=raw.headers, content=content, url=url)
 
     def _read_direct(self, raw: Any, url: str, deadline: Optional[float]) -> bytes:
-        limit = self.config.max_response_bytes
-        declared = raw.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise APIConnectionError(f"{url} answered {declared} bytes, over max_response_bytes={limit}", url=url)
-        parts, total = [], 0
         try:
-            for chunk in raw.stream(_READ_CHUNK, decode_content=True):
-                total += len(chunk)
-                if total > limit:
-                    raise APIConnectionError(f"{url} answered more than max_response_bytes={limit}", url=url)
-                if deadline is not None and self.clock.monotonic() > deadline:
-                    raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
-                parts.append(chunk)
+            return self._collect(raw.stream(_READ_CHUNK, decode_content=True), raw.headers, url, deadline)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise direct_error("reading the answer of", url, exc) from None
-        return b"".join(parts)
 
     def open(
         self, method: str, path: str, payload: Optional[bytes], headers: Mapping[str, str],
@@ -400,27 +388,28 @@ class Transport:
                             verify=session.verify, cert=session.cert)
 
     def _read_body(self, raw: requests.Response, deadline: Optional[float]) -> bytes:
-        limit = self.config.max_response_bytes
-        declared = raw.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise APIConnectionError(
-                f"{raw.url} answered {declared} bytes, over max_response_bytes={limit}", url=raw.url
-            )
         try:
-            return b"".join(self._chunks(raw, limit, deadline))
+            return self._collect(raw.iter_content(_READ_CHUNK), raw.headers, raw.url, deadline)
         except requests.exceptions.RequestException as exc:
             error = APITimeoutError if "timed out" in str(exc).lower() else APIConnectionError
             raise error(f"reading the answer of {raw.url} failed: {_describe(exc)}", url=raw.url) from None
 
-    def _chunks(self, raw: requests.Response, limit: int, deadline: Optional[float]) -> Iterator[bytes]:
-        total = 0
-        for chunk in raw.iter_content(_READ_CHUNK):
+    def _collect(self, chunks: Iterable[bytes], headers: Mapping[str, str], url: str,
+                 deadline: Optional[float]) -> bytes:
+        """Join an answer's body, refusing more than ``max_response_bytes`` and reading past ``deadline``."""
+        limit = self.config.max_response_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIConnectionError(f"{url} answered {declared} bytes, over max_response_bytes={limit}", url=url)
+        parts, total = [], 0
+        for chunk in chunks:
             total += len(chunk)
             if total > limit:
-                raise APIConnectionError(f"{raw.url} answered more than max_response_bytes={limit}", url=raw.url)
+                raise APIConnectionError(f"{url} answered more than max_response_bytes={limit}", url=url)
             if deadline is not None and self.clock.monotonic() > deadline:
-                raise _DeadlineExceeded(f"reading the answer of {raw.url} ran past the deadline", url=raw.url)
-            yield chunk
+                raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
+            parts.append(chunk)
+        return b"".join(parts)
 
     def close(self) -> None:
         """Close the pool and abort calls still blocked in a read; idempotent."""
