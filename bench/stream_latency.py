@@ -38,9 +38,9 @@ from _server import API_KEY, MODEL, start_server  # noqa: E402
 
 import tinkex  # noqa: E402
 from tinkex import types  # noqa: E402
-from tinkex._byte_tokenizer import ByteTokenizer  # noqa: E402
-from tinkex._sse import decode_chunk, iter_events  # noqa: E402
-from tinkex._streaming import _Texts  # noqa: E402
+from tinkex._http.sse import decode_chunk, iter_events  # noqa: E402
+from tinkex._sampling.stream import _Texts  # noqa: E402
+from tinkex._wire.byte_tokenizer import ByteTokenizer  # noqa: E402
 
 PROMPT = types.ModelInput.from_ints(list(b"The quick brown fox jumps over the lazy dog. "))
 

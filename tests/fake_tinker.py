@@ -12,8 +12,8 @@ import time
 from typing import Any, Dict, List, Optional
 
 from tests.scripted_server import Answer, Recorded, ScriptedServer
-from tinkex._proto import encode_sample_response
-from tinkex._retry import Clock
+from tinkex._clock import Clock
+from tinkex._wire.proto import encode_sample_response
 from tinkex.types import SampledSequence, SampleResponse, StopReason
 
 KEY = "tml-fake-tinker-key-42"

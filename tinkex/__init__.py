@@ -10,8 +10,8 @@ import logging
 
 from . import errors, tokenizers, types
 from ._config import Config
-from ._futures import PollPolicy, SampleFuture
-from ._retry import RetryConfig
+from ._policy import PollPolicy, RetryConfig
+from ._sampling.future import SampleFuture
 from ._version import __version__
 from .errors import (
     APIConnectionError,

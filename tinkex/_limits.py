@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from typing import Any, ContextManager, Deque, Iterator, Optional
 
-from ._retry import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock
 from .errors import APITimeoutError, ClientClosedError
 from .types import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput
 

@@ -14,10 +14,10 @@ from typing import Any, Callable, Optional
 
 import attrs
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config
+from ._http.transport import Transport
 from ._limits import BackoffGate, BytesBudget, DispatchGate
-from ._retry import SYSTEM_CLOCK, Clock
-from ._transport import Transport
 from ._version import __version__
 from .errors import APIError, APIStatusError, ClientClosedError, NotFoundError, TinkexError
 from .telemetry import TelemetryReporter

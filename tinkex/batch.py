@@ -36,13 +36,7 @@ import attrs
 from ._batch_exec import BatchItem, BatchWorkerError, ChunkBackend, ChunkJob, ThreadBackend, drive, pool_adapter
 from ._batch_io import BadLine, OutputFile, Renderer, count_lines, error_record, plan_lines
 from ._batch_progress import LazyProgress, ProgressSpec, wants_progress
-from .errors import (
-    BadRequestError,
-    RequestFailedError,
-    TinkexError,
-    UnprocessableEntityError,
-    ValidationError,
-)
+from .errors import BadRequestError, RequestFailedError, TinkexError, UnprocessableEntityError, ValidationError
 from .types import SamplingParams
 
 __all__ = ["BatchItem", "BatchSummary", "BatchAbortedError", "BatchWorkerError", "sample_many",

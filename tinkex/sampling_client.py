@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any, Iterator, List, Optional
 import attrs
 
 from . import _lifecycle
+from ._clock import SYSTEM_CLOCK, Clock
 from ._config import redact_error
-from ._futures import Cancelled, PollPolicy, SampleFuture
 from ._limits import estimate_bytes
-from ._retry import SYSTEM_CLOCK, Clock, RetryConfig
-from ._sampler import SampleCall, Sampler, Snapshot
+from ._policy import PollPolicy, RetryConfig
+from ._sampling.call import SampleCall, Sampler, Snapshot
+from ._sampling.future import Cancelled, SampleFuture
 from ._session import Holder
 from .errors import ClientClosedError, NotFoundError, TinkexError, ValidationError
 from .queue_state import QueueStateLogger, QueueStateReporter
@@ -345,7 +346,7 @@ class SamplingClient:
     def sample_stream(self, prompt: ModelInput, sampling_params: SamplingParams, num_samples: int = 1, *,
                       timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
                       ) -> Iterator[SampleStreamChunk]:
-        """Stream chunks as tokens are generated (protocol.md 9; see :class:`tinkex._streaming.StreamIterator`).
+        """Stream chunks as tokens are generated (protocol.md 9; see :class:`tinkex._sampling.stream.StreamIterator`).
 
         The request is sent before this returns, under the rules of :meth:`sample`; the
         returned iterator (also a context manager) yields token and done chunks as they arrive.
@@ -364,7 +365,7 @@ class SamplingClient:
                 APITimeoutError at the deadline or after ``idle_timeout`` of silence.
             RequestFailedError: raised while iterating for an ``error`` event.
         """
-        from ._streaming import stream_sample
+        from ._sampling.stream import stream_sample
 
         return stream_sample(self, prompt, sampling_params, num_samples, timeout=timeout, idle_timeout=idle_timeout)
 
@@ -376,7 +377,7 @@ class SamplingClient:
             >>> for piece in client.stream_text(prompt, types.SamplingParams(max_tokens=64)):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        from ._streaming import stream_text
+        from ._sampling.stream import stream_text
 
         return stream_text(self, prompt, sampling_params, timeout=timeout, idle_timeout=idle_timeout)
 
@@ -447,7 +448,7 @@ class SamplingClient:
         return f"<SamplingClient {ident} at {self._holder.config.base_url}>"
 
     def __reduce__(self) -> Any:
-        from ._pickling import reduce_sampling_client
+        from ._sampling.pickling import reduce_sampling_client
 
         return reduce_sampling_client(self)
 

@@ -7,10 +7,10 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Dict, List, Optional
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config
-from ._futures import PollPolicy
 from ._logging import apply_log_level
-from ._retry import SYSTEM_CLOCK, Clock, RetryConfig
+from ._policy import PollPolicy, RetryConfig
 from ._session import HEARTBEAT_INTERVAL, Holder
 from .errors import ClientClosedError
 from .sampling_client import SamplingClient

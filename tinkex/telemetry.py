@@ -31,7 +31,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 import attrs
 
-from ._retry import SYSTEM_CLOCK, Clock
+from ._clock import SYSTEM_CLOCK, Clock
 from .errors import ValidationError
 
 __all__ = ["Telemetry", "TelemetryReporter", "TelemetrySnapshot"]

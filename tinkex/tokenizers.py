@@ -41,8 +41,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequ
 
 import cachetools
 
-from ._byte_tokenizer import TOKENIZER_ID as BYTE_TOKENIZER_ID
-from ._byte_tokenizer import ByteTokenizer
+from ._wire.byte_tokenizer import TOKENIZER_ID as BYTE_TOKENIZER_ID
+from ._wire.byte_tokenizer import ByteTokenizer
 from .errors import ValidationError
 
 __all__ = [

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from tests.scripted_server import LoopbackServer, Recorded
-from tinkex._proto import encode_sample_response
+from tinkex._wire.proto import encode_sample_response
 from tinkex.types import SampledSequence, SampleResponse, StopReason
 
 __all__ = ["HostileServer", "SilentListener", "Recorded", "reply", "json_reply", "stall", "trickle", "flood",

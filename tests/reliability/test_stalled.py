@@ -28,7 +28,7 @@ from tests.reliability.hostile_server import (
 )
 from tinkex import errors, types
 from tinkex._config import Config
-from tinkex._transport import Transport
+from tinkex._http.transport import Transport
 
 KEY = "tml-stalled-0000"
 SLACK_S = 2.0

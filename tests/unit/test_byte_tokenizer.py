@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinkex._byte_tokenizer import BOS_ID, EOS_ID, TOKENIZER_ID, VOCAB_SIZE, ByteTokenizer
+from tinkex._wire.byte_tokenizer import BOS_ID, EOS_ID, TOKENIZER_ID, VOCAB_SIZE, ByteTokenizer
 from tinkex.errors import ValidationError
 
 TOKENIZER = ByteTokenizer()

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.strategies import property_settings, sample_responses
-from tinkex._codec import decode_sample_result, dumps, loads
-from tinkex._proto import encode_sample_response
+from tinkex._wire.codec import decode_sample_result, dumps, loads
+from tinkex._wire.proto import encode_sample_response
 from tinkex.errors import DecodeError, ValidationError
 from tinkex.types import SampledSequence, SampleResponse, SamplingParams, StopReason
 

@@ -11,8 +11,9 @@ import attrs
 import pytest
 
 from tinkex import ValidationError
+from tinkex._clock import Clock
 from tinkex._config import DEFAULT_BASE_URL, Config, redact_key
-from tinkex._retry import Clock, HTTPRetryPolicy, RetryConfig, is_retryable_status, parse_retry_after
+from tinkex._policy import HTTPRetryPolicy, RetryConfig, is_retryable_status, parse_retry_after
 
 KEY = "tml-secret-key-123456"
 

@@ -30,8 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import strategies as wire
-from tinkex import _codec, _proto, _sse, types
-from tinkex._retry import parse_retry_after
+from tinkex import types
+from tinkex._http import sse as _sse
+from tinkex._policy import parse_retry_after
+from tinkex._wire import codec as _codec
+from tinkex._wire import proto as _proto
 from tinkex.errors import DecodeError, ValidationError
 
 ALLOWED = (DecodeError, ValidationError)

@@ -15,16 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinkex._byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, ByteTokenizer
+from tinkex._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, ByteTokenizer
 from tinkex.errors import ValidationError
 from tinkex.server import _ngram
-from tinkex.server.model import (
-    DEFAULT_MODEL,
-    ECHO_MODEL,
-    LanguageModel,
-    available_models,
-    load_model,
-)
+from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, available_models, load_model
 from tinkex.types import SamplingParams, StopReason
 
 WORDS = ("the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "café", "€5", "fast", "slowly", "and",

@@ -19,8 +19,8 @@ from tests.strategies import (
     protobuf_messages,
     sample_responses,
 )
-from tinkex import _proto
-from tinkex._proto import decode_sample_response, encode_sample_response
+from tinkex._wire import proto as _proto
+from tinkex._wire.proto import decode_sample_response, encode_sample_response
 from tinkex.errors import DecodeError, ValidationError
 from tinkex.types import SampledSequence, SampleResponse, StopReason
 
@@ -328,7 +328,7 @@ def test_round_trip(value: SampleResponse) -> None:
     assert decode_sample_response(encode_sample_response(value)) == value
 
 
-# The test's own reading of a parsed protobuf message, written independently of tinkex._proto.
+# The test's own reading of a parsed protobuf message, written independently of tinkex._wire.proto.
 
 
 class Invalid(Exception):

@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.strategies import property_settings, sample_responses
-from tinkex._byte_tokenizer import ByteTokenizer
-from tinkex._retry import Clock
-from tinkex._sse import ServerEvent, decode_chunk, iter_events, read_chunks
-from tinkex._streaming import _Progress, _Texts, chunks_of_response
+from tinkex._clock import Clock
+from tinkex._http.sse import ServerEvent, decode_chunk, iter_events, read_chunks
+from tinkex._sampling.stream import _Progress, _Texts, chunks_of_response
+from tinkex._wire.byte_tokenizer import ByteTokenizer
 from tinkex.errors import APITimeoutError, DecodeError
 from tinkex.types import (
     RequestErrorCategory,

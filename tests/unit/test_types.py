@@ -21,7 +21,7 @@ from tests.strategies import (
     sampling_params,
 )
 from tinkex import errors, types
-from tinkex._codec import dumps, loads
+from tinkex._wire.codec import dumps, loads
 from tinkex.types import (
     CancelFutureRequest,
     ClientConfig,

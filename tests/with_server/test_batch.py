@@ -15,12 +15,7 @@ import pytest
 
 import tinkex
 from tinkex import types
-from tinkex.batch import (
-    BatchItem,
-    BatchWorkerError,
-    sample_many,
-    sample_many_unordered,
-)
+from tinkex.batch import BatchItem, BatchWorkerError, sample_many, sample_many_unordered
 from tinkex.errors import BadRequestError, TinkexError, ValidationError
 from tinkex.sampling_client import CLONE_SEQ_STRIDE
 from tinkex.server import LocalServer

@@ -15,7 +15,7 @@ import pytest
 import tinkex
 from tests.fake_tinker import VirtualTime
 from tinkex import errors, types
-from tinkex._byte_tokenizer import ByteTokenizer
+from tinkex._wire.byte_tokenizer import ByteTokenizer
 from tinkex.server import LocalServer
 from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL, load_model
 

@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from tests.with_server.conftest import PROTOBUF, FakeClock, RawApi, sample_body
-from tinkex._proto import decode_sample_response
+from tinkex._wire.proto import decode_sample_response
 from tinkex.server import LocalServer
 from tinkex.server.model import DEFAULT_MODEL
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from tests.with_server.conftest import RawApi, sample_body
-from tinkex._proto import decode_sample_response
+from tinkex._wire.proto import decode_sample_response
 from tinkex.server import LocalServer
 from tinkex.server.model import DEFAULT_MODEL
 

@@ -25,8 +25,8 @@ from tests.fake_tinker import SSID, FakeTinker, result_answer
 from tests.scripted_server import Answer
 from tests.with_server.conftest import RawApi
 from tinkex import errors, types
-from tinkex._byte_tokenizer import ByteTokenizer
-from tinkex._proto import encode_sample_response
+from tinkex._wire.byte_tokenizer import ByteTokenizer
+from tinkex._wire.proto import encode_sample_response
 from tinkex.server import LocalServer
 from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL
 from tinkex.types import SampledSequence, SampleResponse, SampleStreamChunk, StopReason
@@ -461,7 +461,7 @@ def test_a_404_falls_back_to_asample_once_and_is_remembered(clients: Any, caplog
         fake.queue("/api/v1/retrieve_future", result_answer(tokens), result_answer(tokens), result_answer(tokens))
         client = clients(fake, "tinkex/echo")
         params = types.SamplingParams(max_tokens=4, seed=1)
-        with caplog.at_level(logging.INFO, logger="tinkex._streaming"):
+        with caplog.at_level(logging.INFO, logger="tinkex._sampling.stream"):
             first = list(client.sample_stream(PROMPT, params))
             second = list(client.sample_stream(PROMPT, params))
         assert len(fake.calls("/api/v1/stream_sample")) == 1  # probed once, then remembered
@@ -470,6 +470,6 @@ def test_a_404_falls_back_to_asample_once_and_is_remembered(clients: Any, caplog
     assert first == second
     assert_same_as_sample(first, expected)
     assert "".join(c.token or "" for c in first) == "hé!"
-    notes = [r for r in caplog.records if r.name == "tinkex._streaming" and r.levelno == logging.INFO]
+    notes = [r for r in caplog.records if r.name == "tinkex._sampling.stream" and r.levelno == logging.INFO]
     assert len(notes) == 1 and "404" in notes[0].getMessage()
     assert client._state.stream_supported is False

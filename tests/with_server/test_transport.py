@@ -13,9 +13,9 @@ import pytest
 import tinkex
 from tests.scripted_server import Answer, ScriptedServer
 from tinkex import errors
+from tinkex._clock import Clock
 from tinkex._config import Config
-from tinkex._retry import Clock
-from tinkex._transport import USER_AGENT, Transport
+from tinkex._http.transport import USER_AGENT, Transport
 
 KEY = "tml-transport-secret-0001"
 

@@ -13,15 +13,7 @@ import struct
 from typing import List, Optional, Sequence, Tuple
 
 from ..types import SamplingParams
-from .model import (
-    ECHO_MODEL,
-    Generation,
-    LanguageModel,
-    StopMatcher,
-    TopkRow,
-    check_prompt,
-    check_topk,
-)
+from .model import ECHO_MODEL, Generation, LanguageModel, StopMatcher, TopkRow, check_prompt, check_topk
 
 __all__ = ["EchoModel"]
 

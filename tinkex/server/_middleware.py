@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional
 
 from aiohttp import web
 
-from .._codec import dumps
+from .._wire.codec import dumps
 from ..errors import DecodeError, ValidationError
 from ._engine import Engine
 from ._problems import Problem

@@ -31,17 +31,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
+from .._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
 from ..errors import ValidationError
 from ..types import SamplingParams
-from .model import (
-    DEFAULT_MODEL,
-    Generation,
-    LanguageModel,
-    StopMatcher,
-    TopkRow,
-    check_topk,
-)
+from .model import DEFAULT_MODEL, Generation, LanguageModel, StopMatcher, TopkRow, check_topk
 
 __all__ = ["NGramModel", "ORDER", "MODEL_VERSION"]
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional
 
-from .._codec import dumps
-from .._proto import encode_sample_response
+from .._wire.codec import dumps
+from .._wire.proto import encode_sample_response
 from ..types import FutureRetrieveRequest
 from ._engine import Engine
 from ._poller import PollerLog

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional
 
 from aiohttp import web
 
-from .._byte_tokenizer import TOKENIZER_ID, IncrementalTextDecoder
-from .._codec import dumps
+from .._wire.byte_tokenizer import TOKENIZER_ID, IncrementalTextDecoder
+from .._wire.codec import dumps
 from ._engine import Engine
 from ._middleware import DROP_AFTER
 from .store import DONE, RequestRecord

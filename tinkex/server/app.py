@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
-from .._codec import loads
+from .._wire.codec import loads
 from ._engine import Engine
 from ._middleware import ENGINE_KEY, PRINCIPAL, build_middlewares, json_response
 from ._problems import Problem, bad_request

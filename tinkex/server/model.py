@@ -32,7 +32,7 @@ from __future__ import annotations
 import abc
 from typing import FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
-from .._byte_tokenizer import BOS_ID, EOS_ID, TOKENIZER_ID, VOCAB_SIZE
+from .._wire.byte_tokenizer import BOS_ID, EOS_ID, TOKENIZER_ID, VOCAB_SIZE
 from ..errors import ValidationError
 from ..types import SampledSequence, SamplingParams, StopReason
 

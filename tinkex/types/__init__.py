@@ -18,13 +18,7 @@ from ._answers import (
     StreamChunkKind,
     TryAgainResponse,
 )
-from ._model_input import (
-    EncodedTextChunk,
-    ImageAssetPointerChunk,
-    ImageChunk,
-    ModelInput,
-    ModelInputChunk,
-)
+from ._model_input import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput, ModelInputChunk
 from ._sampling import (
     QueueState,
     RequestErrorCategory,

@@ -10,14 +10,7 @@ import attrs
 
 from ..errors import DecodeError, ValidationError
 from ._model_input import ModelInput
-from ._wire import (
-    decode_list,
-    fields_to_json,
-    get_field,
-    int_list,
-    optional_float_list,
-    require_mapping,
-)
+from ._wire import decode_list, fields_to_json, get_field, int_list, optional_float_list, require_mapping
 
 __all__ = [
     "StopReason",

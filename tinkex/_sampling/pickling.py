@@ -15,10 +15,9 @@ from typing import Any, Dict, Tuple
 
 import attrs
 
-from ._futures import PollPolicy
-from ._retry import RetryConfig
-from ._session import SessionInfo
-from .types import ClientConfig, DynamicConfig
+from .._policy import PollPolicy, RetryConfig
+from .._session import SessionInfo
+from ..types import ClientConfig, DynamicConfig
 
 __all__ = ["reduce_sampling_client", "restore_sampling_client"]
 
@@ -62,9 +61,9 @@ def restore_sampling_client(payload: Dict[str, Any]) -> Any:
 
 
 def _build(payload: Dict[str, Any]) -> Any:
-    from ._config import Config
-    from ._session import Holder
-    from .sampling_client import SamplingClient
+    from .._config import Config
+    from .._session import Holder
+    from ..sampling_client import SamplingClient
 
     config = Config.from_env(api_key=payload["api_key"], base_url=payload["base_url"], **payload["config"])
     holder = Holder(config)

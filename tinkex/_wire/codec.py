@@ -18,9 +18,9 @@ import json
 import math
 from typing import Any, Iterator, Optional, Tuple, Union
 
-from . import _proto
-from .errors import DecodeError, ValidationError
-from .types import SampleResponse
+from ..errors import DecodeError, ValidationError
+from ..types import SampleResponse
+from . import proto as _proto
 
 __all__ = ["dumps", "loads", "decode_sample_result", "PROTOBUF_CONTENT_TYPE"]
 

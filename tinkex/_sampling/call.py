@@ -12,12 +12,12 @@ from typing import Any, Callable, Dict, Optional, Set
 
 import attrs
 
-from . import _codec
-from ._futures import Cancelled, PollContext, PollPolicy, poll_result
-from ._retry import Clock, RetryConfig
-from ._session import Holder
-from ._transport import Response, Transport, is_bare_400
-from .errors import (
+from .._clock import Clock
+from .._http.transport import Response, Transport, is_bare_400
+from .._policy import PollPolicy, RetryConfig
+from .._session import Holder
+from .._wire import codec as _codec
+from ..errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -27,9 +27,11 @@ from .errors import (
     PromiseExpiredError,
     TinkexError,
 )
-from .queue_state import QueueStateReporter
-from .telemetry import Telemetry
-from .types import ClientConfig, DynamicConfig, QueueState, SamplePromise, SampleResponse
+from ..queue_state import QueueStateReporter
+from ..telemetry import Telemetry
+from ..types import ClientConfig, DynamicConfig, QueueState, SamplePromise, SampleResponse
+from .future import Cancelled
+from .poll import PollContext, poll_result
 
 __all__ = ["Snapshot", "SampleCall", "Sampler"]
 

@@ -18,19 +18,14 @@ import requests
 import urllib3
 from requests.cookies import RequestsCookieJar, merge_cookies
 
-from . import _codec
-from ._config import Config
-from ._pool import REDIRECTS, TrackingAdapter, UrlOnly, direct_error
-from ._retry import SYSTEM_CLOCK, Clock, HTTPRetryPolicy, is_retryable_status, parse_retry_after
-from ._version import __version__
-from ._watchdog import DeadlineWatchdog
-from .errors import (
-    APIConnectionError,
-    APIStatusError,
-    APITimeoutError,
-    TinkexError,
-    status_error_class,
-)
+from .._clock import SYSTEM_CLOCK, Clock
+from .._config import Config
+from .._policy import HTTPRetryPolicy, is_retryable_status, parse_retry_after
+from .._version import __version__
+from .._wire import codec as _codec
+from ..errors import APIConnectionError, APIStatusError, APITimeoutError, TinkexError, status_error_class
+from .pool import REDIRECTS, TrackingAdapter, UrlOnly, direct_error
+from .watchdog import DeadlineWatchdog
 
 __all__ = ["Response", "Transport", "USER_AGENT"]
 

@@ -16,8 +16,8 @@ import attrs
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from ._watchdog import shutdown_connection, watch_connection
-from .errors import APIConnectionError, APITimeoutError
+from ..errors import APIConnectionError, APITimeoutError
+from .watchdog import shutdown_connection, watch_connection
 
 __all__ = ["TrackingAdapter", "UrlOnly", "REDIRECTS", "direct_error"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 from typing import Iterable, List
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 __all__ = ["TOKENIZER_ID", "BOS_ID", "EOS_ID", "VOCAB_SIZE", "ByteTokenizer", "IncrementalTextDecoder"]
 

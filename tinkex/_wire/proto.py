@@ -31,13 +31,13 @@ import sys
 from array import array
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .errors import DecodeError, ValidationError
-from .types import SampledSequence, SampleResponse, StopReason, TopkLogprobs
+from ..errors import DecodeError, ValidationError
+from ..types import SampledSequence, SampleResponse, StopReason, TopkLogprobs
 
 __all__ = ["decode_sample_response", "encode_sample_response"]
 
 if array("i").itemsize != 4 or array("f").itemsize != 4:  # pragma: no cover - no such CPython platform known
-    raise ImportError("tinkex._proto needs 4-byte C int and float arrays")
+    raise ImportError("tinkex._wire.proto needs 4-byte C int and float arrays")
 
 _BIG_ENDIAN_HOST = sys.byteorder == "big"
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5

@@ -44,10 +44,10 @@ import requests
 import sseclient
 import urllib3.exceptions
 
-from . import _codec
-from ._retry import Clock
-from .errors import APIConnectionError, APITimeoutError, DecodeError
-from .types import RequestErrorCategory, SampleStreamChunk, StopReason, StreamChunkKind
+from .._clock import Clock
+from .._wire import codec as _codec
+from ..errors import APIConnectionError, APITimeoutError, DecodeError
+from ..types import RequestErrorCategory, SampleStreamChunk, StopReason, StreamChunkKind
 
 __all__ = ["ServerEvent", "read_chunks", "iter_events", "decode_chunk", "MAX_EVENT_BYTES", "READ_SIZE"]
 

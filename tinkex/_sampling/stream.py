@@ -21,15 +21,14 @@ import attrs
 import requests
 import urllib3.exceptions
 
-from . import _codec
-from ._config import redact_error
-from ._limits import estimate_bytes
-from ._retry import Clock
-from ._sampler import SampleCall, Snapshot
-from ._sse import decode_chunk, iter_events, read_chunks
-from ._transport import Response, Transport
-from ._watchdog import shutdown_connection
-from .errors import (
+from .._clock import Clock
+from .._config import redact_error
+from .._http.sse import decode_chunk, iter_events, read_chunks
+from .._http.transport import Response, Transport
+from .._http.watchdog import shutdown_connection
+from .._limits import estimate_bytes
+from .._wire import codec as _codec
+from ..errors import (
     APIConnectionError,
     APITimeoutError,
     ClientClosedError,
@@ -39,10 +38,11 @@ from .errors import (
     TinkexError,
     ValidationError,
 )
-from .types import SampleResponse, SampleStreamChunk, StreamChunkKind
+from ..types import SampleResponse, SampleStreamChunk, StreamChunkKind
+from .call import SampleCall, Snapshot
 
 if TYPE_CHECKING:
-    from .sampling_client import SamplingClient
+    from ..sampling_client import SamplingClient
 
 __all__ = ["StreamIterator", "stream_sample", "stream_text", "chunks_of_response", "DEFAULT_IDLE_TIMEOUT"]
 
@@ -159,7 +159,7 @@ def stream_sample(
         APIConnectionError: no answer within the submit rules (APITimeoutError at the deadline).
         DecodeError: a 200 answer that is not ``text/event-stream``.
     """
-    from .sampling_client import _deadline
+    from ..sampling_client import _deadline
 
     if client.closed:
         raise ClientClosedError("this SamplingClient is closed")

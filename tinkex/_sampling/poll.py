@@ -1,20 +1,19 @@
-"""The ``retrieve_future`` state machine (protocol.md 4.9) and the cancellable sample future."""
+"""The ``retrieve_future`` state machine (protocol.md 4.9)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from contextlib import ExitStack
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import attrs
 
-from . import _codec
-from ._retry import Clock
-from ._transport import BODY_EXCERPT_CHARS, Response, Transport, is_bare_400
-from .errors import (
+from .._clock import Clock
+from .._http.transport import BODY_EXCERPT_CHARS, Response, Transport, is_bare_400
+from .._policy import PollPolicy
+from .._wire import codec as _codec
+from ..errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
@@ -22,96 +21,15 @@ from .errors import (
     DecodeError,
     RequestFailedError,
 )
-from .types import QueueState, RequestErrorCategory, SampleResponse
+from ..types import QueueState, RequestErrorCategory, SampleResponse
+from .future import Cancelled
 
-__all__ = ["PollPolicy", "SampleFuture", "poll_result", "Cancelled"]
+__all__ = ["PollContext", "poll_result"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-RETRIEVE_READ_TIMEOUT = 45.0
 _ACCEPT = "application/x-protobuf, application/json"
-
-
-class Cancelled(Exception):
-    """Internal: the caller cancelled the future; unwinds the worker quietly."""
-
-    def __init__(self, request_id: Optional[str]) -> None:
-        super().__init__(request_id)
-        self.request_id = request_id
-
-
-class SampleFuture(Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` also stops a running sample.
-
-    Cancelling a running sample stops its polling (and, where the server enables it,
-    sends ``cancel_future``); ``result(timeout)`` that times out cancels nothing.
-
-    Thread-safety: like any Future, safe to use from any thread.
-
-    Example:
-        >>> fut = SampleFuture()
-        >>> fut.cancel(), fut.cancelled()
-        (True, True)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cancel_event = threading.Event()
-
-    def cancel(self) -> bool:
-        if super().cancel():
-            self.cancel_event.set()
-            return True
-        with self._condition:
-            if self._state != RUNNING:
-                return False
-            self._state = CANCELLED_AND_NOTIFIED
-            self.cancel_event.set()
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
-        return True
-
-    def _cancelled_state(self) -> bool:
-        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
-
-    def set_result(self, result: Any) -> None:
-        with self._condition:
-            if not self._cancelled_state():
-                super().set_result(result)
-
-    def set_exception(self, exception: Optional[BaseException]) -> None:
-        with self._condition:
-            if not self._cancelled_state():
-                super().set_exception(exception)
-
-
-@attrs.frozen
-class PollPolicy:
-    """How to pace ``retrieve_future`` polls.
-
-    The official SDK re-polls try_again, 408 and 5xx at once and relies on the server holding
-    the poll; tinkex waits at least ``floor`` seconds after an answer that came back faster
-    than that, so a misbehaving server never sees a busy loop. ``floor=0`` gives parity.
-
-    Example:
-        >>> PollPolicy().error_delay(3)
-        4.0
-    """
-
-    floor: float = 0.1
-    error_base: float = 1.0
-    error_cap: float = 30.0
-    billing_delay: float = 5.0
-    billing_window: float = 3600.0
-    bad_request_repolls: int = 3
-    read_timeout: float = RETRIEVE_READ_TIMEOUT
-
-    def error_delay(self, consecutive: int) -> float:
-        """Delay after the ``consecutive``-th 429 or connection error in a row (1-based)."""
-        return min(self.error_base * 2 ** min(max(consecutive - 1, 0), 30), self.error_cap)
 
 
 @attrs.define

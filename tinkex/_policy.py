@@ -10,45 +10,18 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import random
-import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import attrs
 
+from ._clock import Clock
 from .errors import ValidationError
 
-__all__ = ["Clock", "HTTPRetryPolicy", "RetryConfig", "parse_retry_after", "SYSTEM_CLOCK"]
+__all__ = ["HTTPRetryPolicy", "PollPolicy", "RetryConfig", "RETRIEVE_READ_TIMEOUT", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
-
-
-@attrs.frozen
-class Clock:
-    """Time and randomness, injectable so retry maths is tested without sleeping.
-
-    ``sleep(seconds, stop)`` returns True if ``stop`` (a ``threading.Event``) was set first.
-    """
-
-    monotonic: Callable[[], float] = time.monotonic
-    wall: Callable[[], float] = time.time
-    random: Callable[[], float] = random.random
-    sleeper: Optional[Callable[[float, Any], bool]] = None
-
-    def sleep(self, seconds: float, stop: Any = None) -> bool:
-        if self.sleeper is not None:
-            return self.sleeper(seconds, stop)
-        if seconds <= 0:
-            return bool(stop is not None and stop.is_set())
-        if stop is None:
-            time.sleep(seconds)
-            return False
-        return bool(stop.wait(seconds))
-
-
-SYSTEM_CLOCK = Clock()
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> Optional[float]:
@@ -182,3 +155,32 @@ class RetryConfig:
     def allows(self, attempt: int) -> bool:
         """Whether retry number ``attempt`` (1-based) may run."""
         return self.enable_retry_logic and (self.max_retries is None or attempt <= self.max_retries)
+
+
+RETRIEVE_READ_TIMEOUT = 45.0
+
+
+@attrs.frozen
+class PollPolicy:
+    """How to pace ``retrieve_future`` polls.
+
+    The official SDK re-polls try_again, 408 and 5xx at once and relies on the server holding
+    the poll; tinkex waits at least ``floor`` seconds after an answer that came back faster
+    than that, so a misbehaving server never sees a busy loop. ``floor=0`` gives parity.
+
+    Example:
+        >>> PollPolicy().error_delay(3)
+        4.0
+    """
+
+    floor: float = 0.1
+    error_base: float = 1.0
+    error_cap: float = 30.0
+    billing_delay: float = 5.0
+    billing_window: float = 3600.0
+    bad_request_repolls: int = 3
+    read_timeout: float = RETRIEVE_READ_TIMEOUT
+
+    def error_delay(self, consecutive: int) -> float:
+        """Delay after the ``consecutive``-th 429 or connection error in a row (1-based)."""
+        return min(self.error_base * 2 ** min(max(consecutive - 1, 0), 30), self.error_cap)

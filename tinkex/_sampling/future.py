@@ -1,0 +1,65 @@
+"""The cancellable sample future, and the internal signal that unwinds a cancelled worker."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
+from typing import Any, Optional
+
+__all__ = ["Cancelled", "SampleFuture"]
+
+
+class Cancelled(Exception):
+    """Internal: the caller cancelled the future; unwinds the worker quietly."""
+
+    def __init__(self, request_id: Optional[str]) -> None:
+        super().__init__(request_id)
+        self.request_id = request_id
+
+
+class SampleFuture(Future):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also stops a running sample.
+
+    Cancelling a running sample stops its polling (and, where the server enables it,
+    sends ``cancel_future``); ``result(timeout)`` that times out cancels nothing.
+
+    Thread-safety: like any Future, safe to use from any thread.
+
+    Example:
+        >>> fut = SampleFuture()
+        >>> fut.cancel(), fut.cancelled()
+        (True, True)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_event = threading.Event()
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            self.cancel_event.set()
+            return True
+        with self._condition:
+            if self._state != RUNNING:
+                return False
+            self._state = CANCELLED_AND_NOTIFIED
+            self.cancel_event.set()
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def _cancelled_state(self) -> bool:
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def set_result(self, result: Any) -> None:
+        with self._condition:
+            if not self._cancelled_state():
+                super().set_result(result)
+
+    def set_exception(self, exception: Optional[BaseException]) -> None:
+        with self._condition:
+            if not self._cancelled_state():
+                super().set_exception(exception)
