@@ -50,7 +50,20 @@ def redact_error(exc: BaseException, secret: str) -> BaseException:
         body = getattr(exc, "body", None)
         if isinstance(body, str):
             exc.body = body.replace(secret, "<redacted>")  # type: ignore[attr-defined]
+    if secret and _chain_mentions(exc, secret):
+        # A library error kept as context (a JSONDecodeError holds the whole document) would
+        # carry the key into tracebacks and pickles; the tinkex error already says what failed.
+        exc.__cause__ = exc.__context__ = None
+        exc.__suppress_context__ = True
     return exc
+
+
+def _chain_mentions(exc: BaseException, secret: str) -> bool:
+    for linked in (exc.__cause__, exc.__context__):
+        if linked is not None and (secret in repr(linked) or secret in str(vars(linked))
+                                   or secret in str(getattr(linked, "doc", ""))):
+            return True
+    return False
 
 
 def _jwt_expiry(token: str) -> Optional[float]:

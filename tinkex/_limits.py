@@ -19,7 +19,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from .errors import APITimeoutError, ClientClosedError
 from .types import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput
 
-__all__ = ["BackoffGate", "BytesBudget", "DispatchGate", "Slots", "estimate_bytes"]
+__all__ = ["BackoffGate", "BytesBudget", "DispatchGate", "SessionLimits", "Slots", "estimate_bytes"]
 
 BYTES_PER_TOKEN = 10
 THROTTLE_PENALTY = 20
@@ -75,6 +75,7 @@ class _FifoCounter:
 
     def __init__(self, capacity: int) -> None:
         self._lock = threading.Lock()
+        self.capacity = capacity
         self._remaining = capacity
         self._waiters: Deque[threading.Condition] = deque()
 
@@ -130,6 +131,13 @@ class _FifoCounter:
             self._remaining += n
             self._wake_head()
 
+    def resize(self, capacity: int) -> None:
+        """Change the capacity, keeping what is held (the remainder moves by the difference)."""
+        with self._lock:
+            self._remaining += capacity - self.capacity
+            self.capacity = capacity
+            self._wake_head()
+
     def _wake_head(self) -> None:
         if self._waiters:
             self._waiters[0].notify()
@@ -167,10 +175,6 @@ class BytesBudget(_FifoCounter):
         tinkex.errors.APITimeoutError: The call's deadline passed while waiting for admission
     """
 
-    def __init__(self, capacity: int) -> None:
-        super().__init__(capacity)
-        self.capacity = capacity
-
     def _admissible(self, n: int) -> bool:
         return self._remaining >= 0
 
@@ -186,10 +190,6 @@ class Slots(_FifoCounter):
         ...     slots.remaining
         1
     """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__(capacity)
-        self.capacity = capacity
 
     def _admissible(self, n: int) -> bool:
         return self._remaining >= n
@@ -348,3 +348,33 @@ class _Admission:
         if self._throttled:
             gate.throttled_slots.release(1)
         gate.slots.release(1)
+
+
+class SessionLimits:
+    """The limits every sampling client of one session shares (protocol.md 7.4, 7.5).
+
+    They exist from the session's construction with the protocol's defaults, and
+    :meth:`configure` resizes them to what the handshake announced, so callers never find one
+    missing.
+    Thread-safe: each limit has its own lock; this object only holds them.
+
+    Example:
+        >>> limits = SessionLimits()
+        >>> limits.configure(dispatch_bytes=100, response_bytes=200)
+        >>> limits.dispatch.bytes.remaining, limits.response_budget.remaining
+        (100, 200)
+    """
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.backoff = BackoffGate(clock=clock)
+        self.dispatch = DispatchGate(backoff=self.backoff, clock=clock)
+        self.response_budget = BytesBudget(50 * 1024 * 1024)
+
+    def configure(self, *, dispatch_bytes: int, response_bytes: int) -> None:
+        self.dispatch.bytes.resize(dispatch_bytes)
+        self.response_budget.resize(response_bytes)
+
+    def wake_waiters(self) -> None:
+        """Make every call queued on these limits re-check its stop event now."""
+        self.dispatch.wake_waiters()
+        self.response_budget.wake_waiters()

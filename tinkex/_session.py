@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
 import attrs
@@ -17,7 +18,8 @@ import attrs
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config
 from ._http.transport import Transport
-from ._limits import BackoffGate, BytesBudget, DispatchGate
+from ._limits import SessionLimits
+from ._policy import Action, Phase, classify
 from ._version import __version__
 from .errors import APIError, APIStatusError, ClientClosedError, NotFoundError, TinkexError
 from .telemetry import TelemetryReporter
@@ -64,21 +66,21 @@ class Holder:
         pool_size: int = 128,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         user_metadata: Optional[dict] = None,
+        transport: Optional[Transport] = None,
     ) -> None:
         self.config = config
         self.clock = clock
-        self.stop_event = threading.Event()
-        self.transport = Transport(config, pool_size=pool_size, clock=clock, stop_event=self.stop_event)
-        self.backoff = BackoffGate(clock=clock)
+        self.transport = transport or Transport(config, pool_size=pool_size, clock=clock)
+        self.stop_event = self.transport.stop_event
+        self.limits = SessionLimits(clock)
         self._heartbeat_interval = heartbeat_interval
         self._user_metadata = dict(user_metadata or config.user_metadata)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _info, _starting, _closed and _listeners; never held over I/O
+        self._starting: Optional[Future[SessionInfo]] = None  # the handshake in progress, if any
         self._info: Optional[SessionInfo] = None
         self._sampling_seq = itertools.count()
         self._heartbeat: Optional[threading.Thread] = None
         self._listeners: list = []
-        self.dispatch: Optional[DispatchGate] = None
-        self.response_budget: Optional[BytesBudget] = None
         self.reporter: Optional[TelemetryReporter] = None
         self._closed = False
 
@@ -89,14 +91,41 @@ class Holder:
         return info if info is not None else self.start()
 
     def start(self) -> SessionInfo:
-        """Run the handshake once: client/config, dynamic_config, create_session."""
+        """Run the handshake once: client/config, dynamic_config, create_session.
+
+        Concurrent callers wait for the one handshake in progress. The lock is never held over
+        the handshake's I/O, so :meth:`close` can always stop it: closing aborts its calls and
+        retry waits at once, and the callers get :class:`ClientClosedError`.
+        """
         with self._lock:
             if self._closed:
                 raise ClientClosedError("the ServiceClient is closed")
-            if self._info is None:
-                self._info = self._handshake()
+            if self._info is not None:
+                return self._info
+            starter = self._starting is None
+            if starter:
+                self._starting = Future()
+            pending = self._starting
+        assert pending is not None
+        return self._run_handshake(pending) if starter else pending.result()
+
+    def _run_handshake(self, pending: Future[SessionInfo]) -> SessionInfo:
+        try:
+            info = self._handshake()
+            with self._lock:
+                if self._closed:
+                    raise ClientClosedError("the ServiceClient was closed during start-up")
+                self._info = info
                 self._start_background()
-            return self._info
+        except BaseException as exc:
+            if self._closed and not isinstance(exc, ClientClosedError):
+                exc = ClientClosedError(f"the ServiceClient was closed during start-up ({exc})")
+            with self._lock:
+                self._starting = None  # a later call may try again
+            pending.set_exception(exc)
+            raise exc from None
+        pending.set_result(info)
+        return info
 
     def adopt(self, info: SessionInfo) -> None:
         """Join an existing session (an unpickled client): no create_session, own heartbeat."""
@@ -134,10 +163,8 @@ class Holder:
         return DynamicConfig.from_json(answer.json("client/dynamic_config"))
 
     def _configure_limits(self, client_config: ClientConfig) -> None:
-        self.dispatch = DispatchGate(
-            byte_budget=client_config.sample_dispatch_bytes_semaphore_size, backoff=self.backoff, clock=self.clock
-        )
-        self.response_budget = BytesBudget(client_config.inflight_response_bytes_semaphore_size)
+        self.limits.configure(dispatch_bytes=client_config.sample_dispatch_bytes_semaphore_size,
+                              response_bytes=client_config.inflight_response_bytes_semaphore_size)
 
     def _create_session(self) -> str:
         request = CreateSessionRequest(
@@ -172,7 +199,7 @@ class Holder:
             self.transport.request("POST", "session_heartbeat", body=SessionHeartbeatRequest(session_id=session_id),
                                    read_timeout=10.0, max_retries=2)
         except APIStatusError as exc:
-            return exc.status_code in (404, 410)
+            return classify(Phase.SESSION_CHECK, exc.status_code) is Action.FORGOTTEN
         except APIError:
             return False
         return False
@@ -223,7 +250,7 @@ class Holder:
             )
             return "ok"
         except APIStatusError as exc:
-            if exc.status_code == 410:
+            if classify(Phase.HEARTBEAT, exc.status_code) is Action.STOP:
                 logger.info("Session %s has finished; stopping its heartbeat loop.", session_id)
                 return "finished"
             self._warn_heartbeat(session_id, last_success, exc)
@@ -274,9 +301,13 @@ class Holder:
 
     def wake_waiters(self) -> None:
         """Make every call queued on the shared limits re-check its stop event now."""
-        for limit in (self.dispatch, self.response_budget):
-            if limit is not None:
-                limit.wake_waiters()
+        self.limits.wake_waiters()
+
+    def report_exception(self, exc: BaseException) -> None:
+        """Send ``exc`` to telemetry, when telemetry is on."""
+        reporter = self.reporter
+        if reporter is not None:
+            reporter.exception(exc)
 
     def _finish(self, session_id: str, reason: str, detail: Optional[str]) -> None:
         try:

@@ -1,36 +1,39 @@
-"""SamplingClient: ``sample`` and ``compute_logprobs`` returning ``concurrent.futures`` futures."""
+"""SamplingClient: ``sample`` and ``compute_logprobs`` returning ``concurrent.futures`` futures.
+
+A thin shell over :mod:`tinkex._sampling`: it validates arguments on the caller's thread,
+reads the published snapshot once, and hands the call to its pool. Its lifecycle is one
+state (initialising → ready/failed → closed) changed under one lock.
+"""
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Set, Tuple
 
 import attrs
 
 from . import _lifecycle
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import redact_error
+from ._http import Transport
 from ._limits import estimate_bytes
 from ._policy import PollPolicy, RetryConfig
-from ._sampling.call import SampleCall, Sampler, Snapshot
+from ._sampling.call import Sampler
 from ._sampling.future import Cancelled, SampleFuture
+from ._sampling.pickling import Ownership, reduce_payload, restore_sampling_client
+from ._sampling.snapshot import SampleCall, Snapshot
+from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
+from ._sampling.submit import Submitter
+from ._sampling.target import SamplingTarget, TargetSpec
 from ._session import Holder
-from .errors import ClientClosedError, NotFoundError, TinkexError, ValidationError
+from .errors import ClientClosedError, TinkexError, ValidationError
 from .queue_state import QueueStateLogger, QueueStateReporter
 from .telemetry import Telemetry
-from .types import (
-    CreateSamplingSessionRequest,
-    CreateSamplingSessionResponse,
-    GetSamplerResponse,
-    ModelInput,
-    SampleRequest,
-    SampleResponse,
-    SampleStreamChunk,
-    SamplingParams,
-)
+from .types import ModelInput, SampleRequest, SampleResponse, SamplingParams
 
 if TYPE_CHECKING:
     from .tokenizers import Tokenizer
@@ -40,24 +43,27 @@ __all__ = ["SamplingClient"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_WORKERS = 256
-CLONE_SEQ_STRIDE = 10**9
 _LOGPROB_PARAMS = SamplingParams(max_tokens=1, temperature=1.0, top_k=-1, top_p=1.0)
 
 
+class _Lifecycle(enum.Enum):
+    INITIALISING = "initialising"
+    READY = "ready"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
 @attrs.frozen
-class _Target:
-    base_model: Optional[str]
-    model_path: Optional[str]
-    sampling_session_id: Optional[str]
+class _Engine:
+    """What initialisation builds, published whole: the pool, its transport and the sampler."""
 
+    executor: ThreadPoolExecutor
+    transport: Transport
+    sampler: Sampler
 
-def _check_target(base_model: Optional[str], model_path: Optional[str], sampling_session_id: Optional[str]) -> _Target:
-    if model_path is not None and not (isinstance(model_path, str) and model_path.startswith("tinker://")):
-        raise ValidationError(f"model_path must start with 'tinker://', got {model_path!r}", field="model_path",
-                              value=model_path)
-    if base_model is None and model_path is None and sampling_session_id is None:
-        raise ValidationError("Either model_path or base_model must be provided", field="base_model", value=None)
-    return _Target(base_model, model_path, sampling_session_id)
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.transport.close()  # aborts reads still blocked, so the workers unwind now
 
 
 class SamplingClient:
@@ -68,7 +74,8 @@ class SamplingClient:
     on the client's thread pool; ``future.cancel()`` stops a running sample too.
 
     Thread-safety: safe to share between threads; each call reads the published snapshot
-    once without a lock, and the snapshot is replaced whole, never mutated.
+    once without a lock, and the snapshot is replaced whole, never mutated; the lifecycle
+    state changes under one lock.
 
     Example:
         >>> client = service.create_sampling_client(base_model="tinkex/ngram-small")  # doctest: +SKIP
@@ -89,29 +96,22 @@ class SamplingClient:
         max_workers: Optional[int] = None,
         poll_policy: Optional[PollPolicy] = None,
         clock: Clock = SYSTEM_CLOCK,
-        owns_holder: bool = False,
-        clone: bool = False,
-        pickle_api_key: bool = False,
+        _ownership: Optional[Ownership] = None,
     ) -> None:
-        self._target = _check_target(base_model, model_path, sampling_session_id)
+        spec = TargetSpec(base_model=base_model, model_path=model_path, sampling_session_id=sampling_session_id)
         self._holder = holder
-        self._retry_config = retry_config or RetryConfig()
-        self._poll_policy = poll_policy or PollPolicy()
+        self._target = SamplingTarget(holder, spec, retry_config or RetryConfig(), poll_policy or PollPolicy())
         self._max_workers = max_workers
-        self._owns_holder = owns_holder
-        self._clone = clone
-        self._pickle_api_key = pickle_api_key
+        self._ownership = _ownership or Ownership()
         self._clock = clock
         self._telemetry = Telemetry()
         self._default_logger = QueueStateLogger()
         self._observer = queue_state_observer if queue_state_observer is not None else self._default_logger
-        self._snapshot: Optional[Snapshot] = None
-        self._seq = itertools.count()
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._pending: set[Future[Any]] = set()
+        self._engine: Optional[_Engine] = None
+        self._lifecycle = _Lifecycle.INITIALISING
+        self._lock = threading.Lock()  # guards _lifecycle and the publication of _engine
+        self._pending: Set[Future[Any]] = set()
         self._pending_lock = threading.Lock()  # guards _pending, the futures close() must cancel
-        self._recover_lock = threading.Lock()  # one re-creation of a forgotten sampling session at a time
-        self._closed = False
         self._ready: Future[SamplingClient] = Future()
         self._init_thread = threading.Thread(target=self._initialise, name="tinkex-sampling-init", daemon=True)
         self._init_thread.start()
@@ -121,121 +121,66 @@ class SamplingClient:
 
     def _initialise(self) -> None:
         try:
-            self._publish(self._build_snapshot())
+            state, first_seq = self._target.resolve(clone=self._ownership.clone)
+            engine = self._build_engine(state, first_seq)
+            with self._lock:
+                closed = self._lifecycle is _Lifecycle.CLOSED
+                if not closed:
+                    self._engine, self._lifecycle = engine, _Lifecycle.READY
+            if closed:
+                engine.close()
+                raise ClientClosedError("the SamplingClient was closed during initialisation")
             self._ready.set_result(self)
         except BaseException as exc:  # the caller of wait_ready() gets it
+            with self._lock:
+                if self._lifecycle is _Lifecycle.INITIALISING:
+                    self._lifecycle = _Lifecycle.FAILED
             self._ready.set_exception(exc)
 
-    def _build_snapshot(self) -> Snapshot:
-        info = self._holder.info
-        target = self._target
-        sampling_session_id = target.sampling_session_id or self._create_sampling_session(info.session_id)
-        if self._clone:
-            self._seq = itertools.count(self._clone_id(sampling_session_id, info.client_config) * CLONE_SEQ_STRIDE)
-        base_model, tokenizer_id = target.base_model, None
-        if base_model is None or target.sampling_session_id is not None:
-            base_model, tokenizer_id = self._describe_sampler(sampling_session_id, base_model)
-        retry = self._retry_config
-        limit = info.client_config.sample_max_concurrent_requests
+    def _build_engine(self, state: Snapshot, first_seq: int) -> _Engine:
+        retry = state.retry_config
+        limit = state.client_config.sample_max_concurrent_requests
         workers = max(1, min(self._max_workers or DEFAULT_MAX_WORKERS, limit, retry.max_connections or limit))
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinkex-sample")
-        self._transport = self._holder.transport.derive(pool_size=workers + 4)
-        self._sampler = Sampler(
-            self._holder, self._transport, telemetry=self._telemetry, clock=self._clock,
-            next_seq_id=lambda: next(self._seq),
-            reporter=QueueStateReporter(self._observer, {"session_id": info.session_id,
-                                                         "sampling_session_id": sampling_session_id}),
-            snapshot=lambda: self._state, recover=self._recover_sampling_session,
-        )
-        self._holder.add_dynamic_config_listener(self._on_dynamic_config)
-        return Snapshot(
-            session_id=info.session_id, sampling_session_id=sampling_session_id, base_model=base_model,
-            model_path=target.model_path, client_config=info.client_config, dynamic_config=info.dynamic_config,
-            retry_config=retry, poll_policy=self._poll_policy, tokenizer_id=tokenizer_id,
-        )
-
-    def _create_sampling_session(self, session_id: str) -> str:
-        request = CreateSamplingSessionRequest(
-            session_id=session_id, sampling_session_seq_id=self._holder.next_sampling_session_seq_id(),
-            base_model=self._target.base_model, model_path=self._target.model_path,
-        )
-        answer = self._holder.transport.request("POST", "create_sampling_session", body=request)
-        return CreateSamplingSessionResponse.from_json(answer.json("create_sampling_session")).sampling_session_id
-
-    def _recover_sampling_session(self, stale: Snapshot) -> bool:
-        """Re-create the session and sampling session when the server no longer knows either (it
-        restarted); True when a newer snapshot is published, by this call or a concurrent one."""
-        with self._recover_lock:
-            current = self._snapshot
-            if current is None or current.sampling_session_id != stale.sampling_session_id:
-                return current is not None
-            if self._target.sampling_session_id is not None or self._closed or not self._forgotten(stale):
-                return False
-            session_id = self._holder.renew_session(stale.session_id)
-            if session_id == stale.session_id:
-                return False  # the session lives on: the error was about this request, not a restart
-            sampling_session_id = self._create_sampling_session(session_id)
-            logger.warning("The server no longer knows sampling session %s (did it restart?); continuing on new "
-                           "sampling session %s", stale.sampling_session_id, sampling_session_id)
-            self._publish(attrs.evolve(current, session_id=session_id, sampling_session_id=sampling_session_id))
-            return True
-
-    def _forgotten(self, state: Snapshot) -> bool:
-        try:
-            self._holder.transport.request("GET", f"samplers/{state.sampling_session_id}", max_retries=2)
-        except NotFoundError:
-            return True
-        except TinkexError:
-            return False
-        return False
-
-    def _describe_sampler(self, sampling_session_id: str, base_model: Optional[str]) -> Any:
-        try:
-            answer = self._holder.transport.request("GET", f"samplers/{sampling_session_id}")
-            sampler = GetSamplerResponse.from_json(answer.json("samplers"))
-        except TinkexError:
-            if base_model is None:
-                raise
-            return base_model, None
-        return sampler.base_model, sampler.tokenizer_id
-
-    def _clone_id(self, sampling_session_id: str, client_config: Any) -> int:
-        if client_config.sample_join_sampling_session:
-            answer = self._holder.transport.request(
-                "POST", "join_sampling_session",
-                body={"sampling_session_id": sampling_session_id, "type": "join_sampling_session"},
-            ).json("join_sampling_session")
-            counter = answer.get("client_counter") if isinstance(answer, dict) else None
-            if isinstance(counter, int) and counter >= 1:
-                return counter
-            raise TinkexError(f"join_sampling_session answered without a client_counter: {answer!r}")
-        import secrets
-
-        return 1 + secrets.randbelow(10**9 - 1)
-
-    def _publish(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot  # one reference assignment: readers never lock
-
-    def _on_dynamic_config(self, dynamic: Any) -> None:
-        state = self._snapshot
-        if state is not None:
-            self._publish(attrs.evolve(state, dynamic_config=dynamic))
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinkex-sample")
+        transport = self._holder.transport.derive(pool_size=workers + 4)
+        reporter = QueueStateReporter(self._observer, {"session_id": state.session_id,
+                                                       "sampling_session_id": state.sampling_session_id})
+        submitter = Submitter(transport, self._holder.limits, telemetry=self._telemetry, clock=self._clock,
+                              reporter=reporter)
+        sampler = Sampler(submitter, self._target, self._holder.limits, telemetry=self._telemetry, reporter=reporter,
+                          clock=self._clock, seq_ids=itertools.count(first_seq))
+        return _Engine(executor=executor, transport=transport, sampler=sampler)
 
     @classmethod
     def create_async(cls, service: Any, **kwargs: Any) -> Future[SamplingClient]:
         """Start creating a client on ``service``; returns a future of the ready client."""
-        return service.create_sampling_client_async(**kwargs)
+        future: Future[SamplingClient] = service.create_sampling_client_async(**kwargs)
+        return future
 
     def wait_ready(self, timeout: Optional[float] = None) -> SamplingClient:
         """Block until initialisation finished; re-raises its error."""
         return self._ready.result(timeout)
 
-    @property
-    def _state(self) -> Snapshot:
-        state = self._snapshot
-        if state is None:
-            raise ValidationError("SamplingClient not initialized", field="sampling_client", value=None)
-        return state
+    def _running(self) -> Tuple[_Engine, Snapshot]:
+        """The engine and the current snapshot, waiting for initialisation if it is still running.
+
+        Raises:
+            ClientClosedError: the client is closed.
+            TinkexError: initialisation failed (its error).
+        """
+        if self._lifecycle is _Lifecycle.CLOSED:
+            raise ClientClosedError("this SamplingClient is closed")
+        engine = self._engine
+        if engine is None:
+            self._ready.result()
+            engine = self._engine
+        state = self._target.current
+        if engine is None or state is None or self._lifecycle is _Lifecycle.CLOSED:
+            raise ClientClosedError("this SamplingClient is closed")
+        return engine, state
+
+    def _snapshot(self) -> Snapshot:
+        return self._running()[1]
 
     # -- public calls ------------------------------------------------------------------------
 
@@ -268,67 +213,48 @@ class SamplingClient:
         """
         if sampling_params is None:
             raise ValidationError("sampling_params is required", field="sampling_params", value=None)
-        request = self._request(prompt, sampling_params, num_samples, include_prompt_logprobs, topk_prompt_logprobs)
+        request = _request(prompt, sampling_params, num_samples, include_prompt_logprobs, topk_prompt_logprobs)
         return self._submit(request, prompt, timeout, "SamplingClient.sample", None)
 
     def compute_logprobs(
         self, prompt: ModelInput, *, topk_prompt_logprobs: int = 0, timeout: Optional[float] = None
     ) -> Future[List[Optional[float]]]:
         """Score ``prompt``: a future of one logprob per token (the first is None)."""
-        request = self._request(prompt, _LOGPROB_PARAMS, 1, True, topk_prompt_logprobs)
+        request = _request(prompt, _LOGPROB_PARAMS, 1, True, topk_prompt_logprobs)
         return self._submit(
             request, prompt, timeout, "SamplingClient.compute_logprobs", lambda r: r.prompt_logprobs or []
         )
 
-    def _request(self, prompt: Any, params: Any, num_samples: Any, logprobs: Any, topk: Any) -> SampleRequest:
-        if not isinstance(prompt, ModelInput):
-            raise ValidationError(f"prompt must be a ModelInput, got {type(prompt).__name__}", field="prompt",
-                                  value=type(prompt).__name__)
-        if not isinstance(params, SamplingParams):
-            raise ValidationError(f"sampling_params must be SamplingParams, got {type(params).__name__}",
-                                  field="sampling_params", value=params)
-        if not isinstance(logprobs, bool):
-            raise ValidationError(f"include_prompt_logprobs must be a bool, got {logprobs!r}",
-                                  field="include_prompt_logprobs", value=logprobs)
-        return SampleRequest(prompt=prompt, sampling_params=params, num_samples=num_samples,
-                             prompt_logprobs=logprobs, topk_prompt_logprobs=topk)
-
     def _submit(self, request: SampleRequest, prompt: ModelInput, timeout: Optional[float], method: str,
-                finish: Any) -> Any:
-        if self._closed:
-            raise ClientClosedError("this SamplingClient is closed")
-        state = self._state
-        executor = self._executor
-        assert executor is not None
-        deadline = _deadline(timeout, self._clock)
-        future = SampleFuture()
-        body = request.to_json()
-        body.pop("seq_id", None)
-        call = SampleCall(body=body, estimated_bytes=estimate_bytes(prompt), deadline=deadline,
-                          sdk_method=method, cancel=future.cancel_event)
+                finish: Optional[Callable[[SampleResponse], Any]]) -> Any:
+        engine, state = self._running()
+        call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
+                          deadline=_deadline(timeout, self._clock), sdk_method=method)
+        future = SampleFuture(call.cancel)
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
         try:
-            executor.submit(self._run, future, call, finish, state)
+            engine.executor.submit(self._run, engine.sampler, future, call, finish, state)
         except RuntimeError:  # the pool shut down between the closed check and here
             future.cancel()
             raise ClientClosedError("this SamplingClient is closed") from None
         return future
 
-    def _forget(self, future: Future) -> None:
+    def _forget(self, future: Future[Any]) -> None:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _run(self, future: SampleFuture, call: SampleCall, finish: Any, state: Snapshot) -> None:
+    def _run(self, sampler: Sampler, future: SampleFuture, call: SampleCall,
+             finish: Optional[Callable[[SampleResponse], Any]], state: Snapshot) -> None:
         if not future.set_running_or_notify_cancel():
             return
         started = self._clock.monotonic()
         try:
-            result = self._sampler.execute(call)
+            result = sampler.execute(state, call)
         except Cancelled as cancelled:
             self._telemetry.record("cancelled")
-            self._sampler.cancel_remote(cancelled.request_id, state)
+            sampler.cancel_remote(cancelled.request_id, state)
         except BaseException as exc:  # every failure reaches the future; nothing is swallowed
             self._record_failure(exc)
             future.set_exception(redact_error(exc, self._holder.config.api_key))
@@ -339,13 +265,11 @@ class SamplingClient:
     def _record_failure(self, exc: BaseException) -> None:
         category = getattr(exc, "category", None) or type(exc).__name__
         self._telemetry.record("failure", category=category)
-        reporter = self._holder.reporter
-        if reporter is not None:
-            reporter.exception(exc)
+        self._holder.report_exception(exc)
 
     def sample_stream(self, prompt: ModelInput, sampling_params: SamplingParams, num_samples: int = 1, *,
                       timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
-                      ) -> Iterator[SampleStreamChunk]:
+                      ) -> StreamIterator:
         """Stream chunks as tokens are generated (protocol.md 9; see :class:`tinkex._sampling.stream.StreamIterator`).
 
         The request is sent before this returns, under the rules of :meth:`sample`; the
@@ -365,9 +289,16 @@ class SamplingClient:
                 APITimeoutError at the deadline or after ``idle_timeout`` of silence.
             RequestFailedError: raised while iterating for an ``error`` event.
         """
-        from ._sampling.stream import stream_sample
-
-        return stream_sample(self, prompt, sampling_params, num_samples, timeout=timeout, idle_timeout=idle_timeout)
+        request = _request(prompt, sampling_params, num_samples, False, 0)
+        engine, state = self._running()
+        call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
+                          deadline=_deadline(timeout, self._clock), sdk_method=SDK_METHOD)
+        idle = check_idle_timeout(idle_timeout)
+        return open_stream(
+            engine.sampler, state, call, request.num_samples, idle_timeout=idle, tokenizer=self._stream_tokenizer(),
+            secret=self._holder.config.api_key,
+            fallback=lambda left: self.sample(prompt, request.num_samples, sampling_params, timeout=left),
+        )
 
     def stream_text(self, prompt: ModelInput, sampling_params: SamplingParams, *, timeout: Optional[float] = None,
                     idle_timeout: Optional[float] = None) -> Iterator[str]:
@@ -377,22 +308,28 @@ class SamplingClient:
             >>> for piece in client.stream_text(prompt, types.SamplingParams(max_tokens=64)):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        from ._sampling.stream import stream_text
+        stream = self.sample_stream(prompt, sampling_params, 1, timeout=timeout, idle_timeout=idle_timeout)
+        return text_pieces(stream, self.base_model)
 
-        return stream_text(self, prompt, sampling_params, timeout=timeout, idle_timeout=idle_timeout)
+    def _stream_tokenizer(self) -> Any:
+        try:
+            return self.get_tokenizer()
+        except (ImportError, TinkexError) as exc:  # an unknown tokenizer: fall back to the server's text
+            logger.debug("Streaming without a client-side tokenizer: %s", exc)
+            return None
 
     # -- accessors -----------------------------------------------------------------------------
 
     @property
     def sampling_session_id(self) -> str:
-        return self._state.sampling_session_id
+        return self._snapshot().sampling_session_id
 
     @property
     def base_model(self) -> Optional[str]:
-        return self._state.base_model
+        return self._snapshot().base_model
 
     def get_base_model(self) -> Optional[str]:
-        return self._state.base_model
+        return self._snapshot().base_model
 
     def get_telemetry(self) -> Telemetry:
         """The client's counters and latency percentiles."""
@@ -406,35 +343,36 @@ class SamplingClient:
         """The tokenizer of this client's model (see :mod:`tinkex.tokenizers`)."""
         from .tokenizers import get_tokenizer
 
-        state = self._state
+        state = self._snapshot()
         return get_tokenizer(state.tokenizer_id or state.base_model or "")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """Cancel pending work, stop the pool and (if it owns it) the session; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._lifecycle is _Lifecycle.CLOSED:
+                return
+            self._lifecycle = _Lifecycle.CLOSED
+            engine = self._engine
         with self._pending_lock:
             pending = list(self._pending)
         for future in pending:
             future.cancel()
-        state = self._snapshot
-        if self._executor is not None and state is not None:
-            self._sampler.cancel_polling(state)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._transport.close()  # aborts reads still blocked, so the workers unwind now
+        state = self._target.current
+        if engine is not None:
+            if state is not None:
+                engine.sampler.cancel_polling(state)
+            engine.close()
             self._holder.wake_waiters()
-            self._executor.shutdown(wait=True)
-        if self._owns_holder:
-            self._holder.close(finish=not self._clone)
+            engine.executor.shutdown(wait=True)
+        if self._ownership.owns_holder:
+            self._holder.close(finish=not self._ownership.clone)
         _lifecycle.unregister(self)
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._lifecycle is _Lifecycle.CLOSED
 
     def __enter__(self) -> SamplingClient:
         return self
@@ -443,14 +381,38 @@ class SamplingClient:
         self.close()
 
     def __repr__(self) -> str:
-        state = self._snapshot
-        ident = state.sampling_session_id if state is not None else "initialising"
-        return f"<SamplingClient {ident} at {self._holder.config.base_url}>"
+        state = self._target.current
+        ident = state.sampling_session_id if state is not None else "-"
+        model = (state.base_model if state is not None else None) or self._target.spec.base_model
+        return (f"<SamplingClient {self._lifecycle.value} {ident} model={model!r} "
+                f"at {self._holder.config.base_url}>")
 
     def __reduce__(self) -> Any:
-        from ._sampling.pickling import reduce_sampling_client
+        client = self.wait_ready()
+        payload = reduce_payload(client._holder, client._snapshot(), max_workers=client._max_workers,
+                                 pickle_api_key=client._ownership.pickle_api_key)
+        return (restore_sampling_client, (type(self), payload))
 
-        return reduce_sampling_client(self)
+
+def _request(prompt: Any, params: Any, num_samples: Any, logprobs: Any, topk: Any) -> SampleRequest:
+    if not isinstance(prompt, ModelInput):
+        raise ValidationError(f"prompt must be a ModelInput, got {type(prompt).__name__}", field="prompt",
+                              value=type(prompt).__name__)
+    if not isinstance(params, SamplingParams):
+        raise ValidationError(f"sampling_params must be SamplingParams, got {type(params).__name__}",
+                              field="sampling_params", value=params)
+    if not isinstance(logprobs, bool):
+        raise ValidationError(f"include_prompt_logprobs must be a bool, got {logprobs!r}",
+                              field="include_prompt_logprobs", value=logprobs)
+    return SampleRequest(prompt=prompt, sampling_params=params, num_samples=num_samples,
+                         prompt_logprobs=logprobs, topk_prompt_logprobs=topk)
+
+
+def _body(request: SampleRequest) -> dict:
+    """The request's JSON without ``seq_id``: each attempt adds its own."""
+    body = request.to_json()
+    body.pop("seq_id", None)
+    return body
 
 
 def _deadline(timeout: Optional[float], clock: Clock) -> Optional[float]:

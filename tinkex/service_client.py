@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Dict, List, Optional
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config
 from ._logging import apply_log_level
 from ._policy import PollPolicy, RetryConfig
+from ._sampling.pickling import Ownership
 from ._session import HEARTBEAT_INTERVAL, Holder
-from .errors import ClientClosedError
+from .errors import APITimeoutError, ClientClosedError
 from .sampling_client import SamplingClient
 from .types import ServerCapabilities
 
@@ -95,11 +97,25 @@ class ServiceClient:
         poll_policy: Optional[PollPolicy] = None,
         timeout: Optional[float] = None,
     ) -> SamplingClient:
-        """Create a ready SamplingClient (blocks until its initialisation is done)."""
-        return self.create_sampling_client_async(
+        """Create a ready SamplingClient (blocks until its initialisation is done).
+
+        Raises:
+            APITimeoutError: initialisation took longer than ``timeout`` seconds (it is stopped).
+        """
+        future = self.create_sampling_client_async(
             model_path, base_model, retry_config, sampling_session_id=sampling_session_id,
             queue_state_observer=queue_state_observer, max_workers=max_workers, poll_policy=poll_policy,
-        ).result(timeout)
+        )
+        try:
+            return future.result(timeout)
+        except FutureTimeoutError:
+            if future.done():  # initialisation itself failed with a timeout: that error stands
+                raise
+            client = self._client_of(future)
+            if client is not None:
+                client.close()
+            raise APITimeoutError(f"the sampling client was not ready within {timeout} s", url=self.config.base_url
+                                  ) from None
 
     def create_sampling_client_async(
         self,
@@ -120,10 +136,14 @@ class ServiceClient:
                 self._holder, base_model=base_model, model_path=model_path,
                 sampling_session_id=sampling_session_id, retry_config=retry_config,
                 queue_state_observer=queue_state_observer, max_workers=max_workers, poll_policy=poll_policy,
-                clock=self._clock, pickle_api_key=self._pickle_api_key,
+                clock=self._clock, _ownership=Ownership(pickle_api_key=self._pickle_api_key),
             )
             self._clients.append(client)
         return client._ready
+
+    def _client_of(self, future: Future[SamplingClient]) -> Optional[SamplingClient]:
+        with self._lock:
+            return next((client for client in self._clients if client._ready is future), None)
 
     def get_server_capabilities(self) -> ServerCapabilities:
         """The models the service offers (no session needed)."""

@@ -13,7 +13,7 @@ import pytest
 from tinkex import ValidationError
 from tinkex._clock import Clock
 from tinkex._config import DEFAULT_BASE_URL, Config, redact_key
-from tinkex._policy import HTTPRetryPolicy, RetryConfig, is_retryable_status, parse_retry_after
+from tinkex._policy import Action, HTTPRetryPolicy, Phase, RetryConfig, classify, parse_retry_after
 
 KEY = "tml-secret-key-123456"
 
@@ -96,6 +96,10 @@ def test_http_retry_delays_follow_the_spec() -> None:
     assert 7.5 <= policy.delay(20, {}, low) <= 10
     assert policy.delay(0, {"retry-after": "5"}, high) == 5.0
     assert policy.delay(0, {"retry-after": "120"}, high) == 0.5  # over 60 s: ignored
+
+
+def is_retryable_status(status: int, headers: dict) -> bool:
+    return classify(Phase.HTTP, status, b"{}", headers) is Action.RETRY
 
 
 def test_retryable_statuses() -> None:

@@ -15,9 +15,9 @@ import pytest
 
 import tinkex
 from tinkex import types
+from tinkex._sampling.target import CLONE_SEQ_STRIDE
 from tinkex.batch import BatchItem, BatchWorkerError, sample_many, sample_many_unordered
 from tinkex.errors import BadRequestError, TinkexError, ValidationError
-from tinkex.sampling_client import CLONE_SEQ_STRIDE
 from tinkex.server import LocalServer
 from tinkex.server.model import ECHO_MODEL
 

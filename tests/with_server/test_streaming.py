@@ -209,7 +209,7 @@ def test_failures_before_the_stream_are_resubmitted_with_the_same_seq_id(
     assert len(streamed) == 1  # the retried request kept seq_id 1; no other seq_id was spent on it
     assert max(r["seq_id"] for r in server.records(client.sampling_session_id)) == 2  # the sample() after it
     if fault == "429":
-        assert client._holder.backoff.until > 0
+        assert client._holder.limits.backoff.until > 0
 
 
 def test_a_final_error_before_the_stream_is_raised_by_the_call(local_server: LocalServer, clients: Any) -> None:
@@ -232,21 +232,28 @@ def test_bad_arguments_and_closed_clients(local_server: LocalServer) -> None:
             client.sample_stream(PROMPT, types.SamplingParams())
 
 
-def test_an_uninitialised_client_is_a_validation_error(clients: Any) -> None:
+def test_a_stream_on_a_client_still_initialising_waits_for_it(clients: Any) -> None:
+    """Before the redesign this raised ValidationError (the wrong class); now the call waits for
+    initialisation to finish and then goes on."""
     with FakeTinker() as fake:
         fake.queue("/api/v1/create_sampling_session",
                    Answer(body=json.dumps({"sampling_session_id": SSID}).encode(), delay=1.0))
+        fake.queue("/api/v1/stream_sample", Answer(status=404, body=b'{"detail": "Not Found"}'))
+        fake.queue("/api/v1/retrieve_future", result_answer([5, 6]))
         with tinkex.ServiceClient(api_key="tml-fake-tinker-key-42", base_url=fake.base_url) as service:
             ready = service.create_sampling_client_async(base_model=ECHO_MODEL)
             client = service._clients[-1]
-            with pytest.raises(errors.ValidationError, match="not initialized"):
-                client.sample_stream(PROMPT, types.SamplingParams(max_tokens=2))
-            ready.result(10)
+            started = time.monotonic()
+            with client.sample_stream(PROMPT, types.SamplingParams(max_tokens=2)) as stream:
+                tokens = [chunk.token_id for chunk in stream if chunk.is_token]
+            assert tokens == [5, 6]
+            assert time.monotonic() - started >= 0.9  # it waited for create_sampling_session
+            assert ready.result(10) is client
 
 
 def test_streams_wait_for_a_dispatch_slot(local_server: LocalServer, clients: Any) -> None:
     client = clients(local_server)
-    slots = client._holder.dispatch.slots
+    slots = client._holder.limits.dispatch.slots
     taken = slots.remaining
     slots.acquire(taken)  # every submit slot of this ServiceClient is busy
     try:
@@ -432,7 +439,7 @@ def abandon_streams(server: LocalServer, client: Any, count: int) -> None:
     peak = max(peak, open_sockets())
     assert peak - baseline <= 8, (baseline, peak)  # closed as abandoned, not piling up
     assert open_sockets() - baseline <= 4
-    pools = client._transport._adapter.poolmanager.pools  # a RecentlyUsedContainer: no plain iteration
+    pools = client._engine.transport._adapter.poolmanager.pools  # a RecentlyUsedContainer: no plain iteration
     for pool in [pools[key] for key in list(pools.keys())]:
         assert pool.num_connections >= 1 and pool.pool.qsize() <= pool.pool.maxsize
     # the pool still works: one more full stream on the same client
@@ -472,4 +479,4 @@ def test_a_404_falls_back_to_asample_once_and_is_remembered(clients: Any, caplog
     assert "".join(c.token or "" for c in first) == "hé!"
     notes = [r for r in caplog.records if r.name == "tinkex._sampling.stream" and r.levelno == logging.INFO]
     assert len(notes) == 1 and "404" in notes[0].getMessage()
-    assert client._state.stream_supported is False
+    assert client._target.current.stream_supported is False

@@ -8,18 +8,15 @@ holds the small pieces that path needs.
 
 from __future__ import annotations
 
-import socket
 import weakref
 from typing import Any
 
 import attrs
-import urllib3
 from requests.adapters import HTTPAdapter
 
-from ..errors import APIConnectionError, APITimeoutError
 from .watchdog import shutdown_connection, watch_connection
 
-__all__ = ["TrackingAdapter", "UrlOnly", "REDIRECTS", "direct_error"]
+__all__ = ["TrackingAdapter", "UrlOnly", "REDIRECTS"]
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -76,11 +73,3 @@ class UrlOnly:
     """What the adapter reads of a request to pick its connection pool: the URL."""
 
     url: str
-
-
-def direct_error(what: str, url: str, exc: BaseException) -> APIConnectionError:
-    """The tinkex error for a urllib3 or socket failure of a direct send."""
-    refused = isinstance(exc, urllib3.exceptions.NewConnectionError)  # a ConnectTimeoutError subclass, oddly
-    if not refused and isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout)):
-        return APITimeoutError(f"{what} {url} timed out ({type(exc).__name__})", url=url)
-    return APIConnectionError(f"{what} {url} failed: {type(exc).__name__}", url=url)

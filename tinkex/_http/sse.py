@@ -36,20 +36,20 @@ Example:
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import attrs
 import requests
 import sseclient
-import urllib3.exceptions
 
 from .._clock import Clock
 from .._wire import codec as _codec
 from ..errors import APIConnectionError, APITimeoutError, DecodeError
 from ..types import RequestErrorCategory, SampleStreamChunk, StopReason, StreamChunkKind
+from .errors import LIBRARY_ERRORS, describe, is_timeout, library_error
+from .watchdog import shutdown_connection
 
-__all__ = ["ServerEvent", "read_chunks", "iter_events", "decode_chunk", "MAX_EVENT_BYTES", "READ_SIZE"]
+__all__ = ["EventStream", "ServerEvent", "read_chunks", "iter_events", "decode_chunk", "MAX_EVENT_BYTES", "READ_SIZE"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,62 @@ class ServerEvent:
     name: str
     data: str
     complete: bool = True
+
+
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class EventStream:
+    """An open ``text/event-stream`` answer (or the error answer in its place), as layers above see it.
+
+    ``status``, ``headers``, ``url`` and ``content`` (the error body for a non-200, else
+    empty) mirror :class:`~tinkex._http.Response`, so the submit loop treats both alike.
+
+    Thread-safety: read events from one thread; ``abort()`` may be called from another to
+    unblock a read.
+    """
+
+    def __init__(self, raw: requests.Response) -> None:
+        self._raw = raw
+        self.status = raw.status_code
+        self.headers = raw.headers
+        self.url = raw.url
+        self.request_id = raw.headers.get("x-request-id")
+        self.content = b"" if self.status == 200 else self._error_body()
+
+    def _error_body(self) -> bytes:
+        try:
+            return bytes(self._raw.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b"")
+        except LIBRARY_ERRORS as exc:
+            raise library_error("reading the answer of", self.url, exc) from None
+        finally:
+            self._raw.close()
+
+    def json(self, what: str) -> Any:
+        return _codec.loads(self.content, what=what)
+
+    @property
+    def content_type(self) -> str:
+        return str(self.headers.get("content-type", ""))
+
+    def check_event_stream(self) -> None:
+        """Raise DecodeError (and close) unless the answer is ``text/event-stream``."""
+        if self.content_type.split(";")[0].strip().lower() != "text/event-stream":
+            self.close()
+            raise DecodeError(f"{self.url} answered 200 with Content-Type {self.content_type!r}, not "
+                              "text/event-stream")
+
+    def events(self, *, clock: Clock, idle_timeout: float, deadline: Optional[float]) -> Iterator[ServerEvent]:
+        """The events of the body as they arrive (see :func:`read_chunks` and :func:`iter_events`)."""
+        return iter_events(read_chunks(self._raw, clock=clock, idle_timeout=idle_timeout, deadline=deadline))
+
+    def abort(self) -> None:
+        """Shut the connection down: unblocks a read in another thread; the connection is not reused."""
+        raw = self._raw.raw
+        shutdown_connection(getattr(raw, "connection", None) or getattr(raw, "_connection", None))
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -128,7 +184,7 @@ def read_chunks(
             sock.settimeout(wait)
         try:
             data = read()
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except LIBRARY_ERRORS as exc:
             raise _read_error(exc, url, clock, idle_timeout, deadline) from None
         if not data:
             return
@@ -147,9 +203,8 @@ def _next_wait(clock: Clock, idle_timeout: float, deadline: Optional[float], url
 def _read_error(
     exc: BaseException, url: str, clock: Clock, idle_timeout: float, deadline: Optional[float]
 ) -> APIConnectionError:
-    timed_out = isinstance(exc, (urllib3.exceptions.ReadTimeoutError, socket.timeout)) or "timed out" in str(exc)
-    if not timed_out:
-        return APIConnectionError(f"the stream from {url} broke ({type(exc).__name__})", url=url)
+    if not is_timeout(exc):
+        return APIConnectionError(f"the stream from {url} broke: {describe(exc)}", url=url)
     if deadline is not None and clock.monotonic() >= deadline - 0.01:
         return APITimeoutError(f"the stream from {url} ran past its deadline", url=url)
     return APITimeoutError(f"the stream from {url} sent nothing for {idle_timeout:g}s (idle read timeout)", url=url)

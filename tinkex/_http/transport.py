@@ -1,7 +1,8 @@
 """HTTP transport: one ``requests.Session`` per client, headers, one call with its HTTP-layer retries.
 
-Everything ``requests`` raises is turned into :mod:`tinkex.errors` here; nothing above this
-module sees a ``requests`` exception.
+Everything ``requests`` raises is turned into :mod:`tinkex.errors` (by :mod:`.errors`); nothing
+above this package sees a ``requests`` exception. What to do with a status is asked of
+:func:`tinkex._policy.classify`; this module only carries it out.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import platform
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Union
 from urllib.parse import urlsplit
 
 import attrs
@@ -20,14 +21,17 @@ from requests.cookies import RequestsCookieJar, merge_cookies
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import Config
-from .._policy import HTTPRetryPolicy, is_retryable_status, parse_retry_after
+from .._policy import Action, HTTPRetryPolicy, Phase, classify, parse_retry_after
+from .._policy import is_bare_400 as _bare_400
 from .._version import __version__
 from .._wire import codec as _codec
 from ..errors import APIConnectionError, APIStatusError, APITimeoutError, TinkexError, status_error_class
-from .pool import REDIRECTS, TrackingAdapter, UrlOnly, direct_error
+from .errors import LIBRARY_ERRORS, library_error
+from .pool import REDIRECTS, TrackingAdapter, UrlOnly
+from .sse import EventStream
 from .watchdog import DeadlineWatchdog
 
-__all__ = ["Response", "Transport", "USER_AGENT"]
+__all__ = ["Response", "Sender", "Transport", "USER_AGENT"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,32 @@ class Response:
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "")
+
+    @property
+    def bare_400(self) -> bool:
+        """A 400 with an empty body: a proxy rejection, treated as a connection error (7.2)."""
+        return _bare_400(self.status, self.content)
+
+
+class Sender(Protocol):
+    """What the sampling layer needs of a transport (:class:`Transport`, or the in-memory fake)."""
+
+    @property
+    def stop_event(self) -> threading.Event: ...
+
+    def url(self, path: str) -> str: ...
+
+    def request(
+        self, method: str, path: str, *, body: Any = None, read_timeout: Optional[float] = None,
+        max_retries: Optional[int] = None, headers: Optional[Mapping[str, str]] = None,
+        deadline: Optional[float] = None, check: bool = True,
+    ) -> Response: ...
+
+    def open_stream(
+        self, path: str, payload: bytes, headers: Mapping[str, str], read_timeout: float, deadline: Optional[float],
+    ) -> EventStream: ...
+
+    def error_for(self, response: Union[Response, EventStream]) -> APIStatusError: ...
 
 
 class _Session(requests.Session):
@@ -89,7 +119,7 @@ def _request_id_of(content: bytes, headers: Mapping[str, str]) -> Optional[str]:
     return None
 
 
-def status_error(response: Response, secret: str = "") -> APIStatusError:
+def status_error(response: Union[Response, EventStream], secret: str = "") -> APIStatusError:
     """Build the typed error for a non-2xx answer, its body excerpt capped and scrubbed."""
     excerpt = _excerpt(response.content, secret)
     cls = status_error_class(response.status)
@@ -100,11 +130,6 @@ def status_error(response: Response, secret: str = "") -> APIStatusError:
         request_id=_request_id_of(response.content, response.headers),
         retry_after=parse_retry_after(response.headers, SYSTEM_CLOCK.wall()),
     )
-
-
-def is_bare_400(response: Response) -> bool:
-    """A 400 with an empty body: a proxy rejection, treated as a connection error (7.2)."""
-    return response.status == 400 and not response.content.strip()
 
 
 class Transport:
@@ -229,10 +254,8 @@ class Transport:
                     raise
                 delay, cause = self.retry_policy.delay(taken, {}, self.clock), "connection"
             else:
-                retryable = not (200 <= response.status < 300) and (
-                    is_retryable_status(response.status, response.headers) or is_bare_400(response)
-                )
-                if not retryable or taken >= retries:
+                action = classify(Phase.HTTP, response.status, response.content, response.headers)
+                if action is not Action.RETRY or taken >= retries:
                     return self._finish(response, check)
                 delay, cause = self.retry_policy.delay(taken, response.headers, self.clock), str(response.status)
             taken += 1
@@ -247,14 +270,14 @@ class Transport:
         if self.clock.sleep(delay, self._stop):
             raise APIConnectionError(f"{method} {self.url(path)} abandoned: the client is closing", url=self.url(path))
 
-    def error_for(self, response: Response) -> APIStatusError:
+    def error_for(self, response: Union[Response, EventStream]) -> APIStatusError:
         """The typed error for a non-2xx answer, with the credential scrubbed from the excerpt."""
         return status_error(response, self._credential)
 
     def _finish(self, response: Response, check: bool) -> Response:
         if not check or 200 <= response.status < 300:
             return response
-        if is_bare_400(response):
+        if response.bare_400:
             raise APIConnectionError(
                 f"{response.url} answered 400 with an empty body (a proxy rejection)", url=response.url
             )
@@ -327,8 +350,8 @@ class Transport:
             raw = pool.urlopen(method, urlsplit(url).path, body=payload, headers=headers, retries=False, redirect=False,
                                timeout=urllib3.Timeout(connect=connect, read=read), preload_content=False,
                                assert_same_host=False)
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            raise direct_error(method, url, exc) from None
+        except LIBRARY_ERRORS as exc:
+            raise library_error(method, url, exc) from None
         try:
             content = None if raw.status in REDIRECTS else self._read_direct(raw, url, deadline)
         except BaseException:
@@ -343,8 +366,19 @@ class Transport:
     def _read_direct(self, raw: Any, url: str, deadline: Optional[float]) -> bytes:
         try:
             return self._collect(raw.stream(_READ_CHUNK, decode_content=True), raw.headers, url, deadline)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise direct_error("reading the answer of", url, exc) from None
+        except LIBRARY_ERRORS as exc:
+            raise library_error("reading the answer of", url, exc) from None
+
+    def open_stream(
+        self, path: str, payload: bytes, headers: Mapping[str, str], read_timeout: float, deadline: Optional[float],
+    ) -> EventStream:
+        """POST once (no HTTP-layer retries) and return the answer with its body still on the wire.
+
+        A 200 answer's events are read from the returned :class:`EventStream`; any other
+        answer's body (at most 64 KiB) is already read and the connection released.
+        """
+        call_headers = self._call_headers("POST", payload, headers, read_timeout)
+        return EventStream(self.open("POST", path, payload, call_headers, read_timeout, deadline))
 
     def open(
         self, method: str, path: str, payload: Optional[bytes], headers: Mapping[str, str],
@@ -357,10 +391,8 @@ class Transport:
         timeouts = self._timeouts(read_timeout, deadline)
         try:
             return self._send(method, url, payload, headers, timeouts)
-        except requests.exceptions.Timeout as exc:
-            raise APITimeoutError(f"{method} {url} timed out ({type(exc).__name__})", url=url) from None
-        except requests.exceptions.RequestException as exc:
-            raise APIConnectionError(f"{method} {url} failed: {_describe(exc)}", url=url) from None
+        except LIBRARY_ERRORS as exc:
+            raise library_error(method, url, exc) from None
 
     def _send(
         self, method: str, url: str, payload: Optional[bytes], headers: Mapping[str, str], timeouts: tuple
@@ -385,9 +417,8 @@ class Transport:
     def _read_body(self, raw: requests.Response, deadline: Optional[float]) -> bytes:
         try:
             return self._collect(raw.iter_content(_READ_CHUNK), raw.headers, raw.url, deadline)
-        except requests.exceptions.RequestException as exc:
-            error = APITimeoutError if "timed out" in str(exc).lower() else APIConnectionError
-            raise error(f"reading the answer of {raw.url} failed: {_describe(exc)}", url=raw.url) from None
+        except LIBRARY_ERRORS as exc:
+            raise library_error("reading the answer of", raw.url, exc) from None
 
     def _collect(self, chunks: Iterable[bytes], headers: Mapping[str, str], url: str,
                  deadline: Optional[float]) -> bytes:
@@ -418,15 +449,6 @@ class Transport:
 
 class _DeadlineExceeded(APITimeoutError):
     """The caller's deadline passed: never retried by the HTTP layer."""
-
-
-def _describe(exc: BaseException) -> str:
-    reason = exc.__class__.__name__
-    inner = exc.args[0] if exc.args else None
-    inner_reason = getattr(inner, "reason", None)
-    if inner_reason is not None:
-        return f"{reason}: {type(inner_reason).__name__}"
-    return reason
 
 
 def _encode_body(body: Any) -> Optional[bytes]:

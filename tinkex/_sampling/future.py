@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
 from typing import Any, Optional
 
-__all__ = ["Cancelled", "SampleFuture"]
+__all__ = ["Cancelled", "Final", "SampleFuture"]
 
 
 class Cancelled(Exception):
@@ -16,6 +16,17 @@ class Cancelled(Exception):
     def __init__(self, request_id: Optional[str]) -> None:
         super().__init__(request_id)
         self.request_id = request_id
+
+
+class Final(Exception):
+    """Internal: wraps an error that no layer may retry (a fatal poll answer, a failed request).
+
+    The whole-call loop raises ``error`` itself to the caller; nothing else sees this wrapper.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class SampleFuture(Future):
@@ -32,9 +43,9 @@ class SampleFuture(Future):
         (True, True)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cancel_event: Optional[threading.Event] = None) -> None:
         super().__init__()
-        self.cancel_event = threading.Event()
+        self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
 
     def cancel(self) -> bool:
         if super().cancel():

@@ -6,20 +6,25 @@ the client's policies. The API key travels only when the ServiceClient was creat
 Unpickling builds (or, within one process, reuses) a client that joins the same sampling
 session with seq_ids starting at ``clone_id × 10^9``; it runs its own heartbeat and never
 finishes the session, which belongs to the original.
+
+The client class travels in the pickle as a reference (``cls``), so this module never imports
+the client: the client depends on it, not the other way round.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import attrs
 
+from .._config import Config
 from .._policy import PollPolicy, RetryConfig
-from .._session import SessionInfo
+from .._session import Holder, SessionInfo
 from ..types import ClientConfig, DynamicConfig
+from .snapshot import Snapshot
 
-__all__ = ["reduce_sampling_client", "restore_sampling_client"]
+__all__ = ["reduce_payload", "restore_sampling_client"]
 
 _CONFIG_FIELDS = ("timeout", "connect_timeout", "max_retries", "tags", "project_id", "telemetry", "verify",
                   "default_headers", "max_response_bytes")
@@ -27,14 +32,14 @@ _restored: Dict[Tuple[str, str], Any] = {}
 _restored_lock = threading.Lock()  # guards _restored: one clone per sampling session per process
 
 
-def reduce_sampling_client(client: Any) -> Any:
-    state = client.wait_ready()._state
-    holder = client._holder
+def reduce_payload(holder: Holder, state: Snapshot, *, max_workers: Optional[int], pickle_api_key: bool
+                   ) -> Dict[str, Any]:
+    """What a pickled client carries: plain data only (the key only when ``pickle_api_key``)."""
     config = holder.config
     info = holder.info
-    payload = {
+    return {
         "base_url": config.base_url,
-        "api_key": config.api_key if client._pickle_api_key else None,
+        "api_key": config.api_key if pickle_api_key else None,
         "config": {name: getattr(config, name) for name in _CONFIG_FIELDS},
         "session": {"session_id": info.session_id, "client_config": info.client_config.to_json(),
                     "dynamic_config": info.dynamic_config.to_json()},
@@ -43,28 +48,24 @@ def reduce_sampling_client(client: Any) -> Any:
         "model_path": state.model_path,
         "retry_config": attrs.asdict(state.retry_config),
         "poll_policy": attrs.asdict(state.poll_policy),
-        "max_workers": client._max_workers,
-        "pickle_api_key": client._pickle_api_key,
+        "max_workers": max_workers,
+        "pickle_api_key": pickle_api_key,
     }
-    return (restore_sampling_client, (payload,))
 
 
-def restore_sampling_client(payload: Dict[str, Any]) -> Any:
+def restore_sampling_client(cls: Callable[..., Any], payload: Dict[str, Any]) -> Any:
+    """Unpickle: the process's clone of this sampling session, built on first use and then reused."""
     key = (payload["base_url"], payload["sampling_session_id"])
     with _restored_lock:
         existing = _restored.get(key)
         if existing is not None and not existing.closed:
             return existing
-        client = _build(payload)
+        client = _build(cls, payload)
         _restored[key] = client
     return client.wait_ready()
 
 
-def _build(payload: Dict[str, Any]) -> Any:
-    from .._config import Config
-    from .._session import Holder
-    from ..sampling_client import SamplingClient
-
+def _build(cls: Callable[..., Any], payload: Dict[str, Any]) -> Any:
     config = Config.from_env(api_key=payload["api_key"], base_url=payload["base_url"], **payload["config"])
     holder = Holder(config)
     session = payload["session"]
@@ -73,9 +74,18 @@ def _build(payload: Dict[str, Any]) -> Any:
         client_config=ClientConfig.from_json(session["client_config"]),
         dynamic_config=DynamicConfig.from_json(session["dynamic_config"]),
     ))
-    return SamplingClient(
+    return cls(
         holder, sampling_session_id=payload["sampling_session_id"], base_model=payload["base_model"],
         model_path=payload["model_path"], retry_config=RetryConfig(**payload["retry_config"]),
         poll_policy=PollPolicy(**payload["poll_policy"]), max_workers=payload["max_workers"],
-        owns_holder=True, clone=True, pickle_api_key=payload["pickle_api_key"],
+        _ownership=Ownership(owns_holder=True, clone=True, pickle_api_key=payload["pickle_api_key"]),
     )
+
+
+@attrs.frozen
+class Ownership:
+    """How a client relates to its session: whether it closes it, whether it is a clone."""
+
+    owns_holder: bool = False
+    clone: bool = False
+    pickle_api_key: bool = False

@@ -1,52 +1,59 @@
-"""The ``retrieve_future`` state machine (protocol.md 4.9)."""
+"""The ``retrieve_future`` state machine (protocol.md 4.9): poll one promise until a final answer.
+
+What a status means is :func:`tinkex._policy.classify`'s (phase ``POLL``); what a 200 body
+means is decided by parsing it into the typed answers of :mod:`tinkex.types`
+(:class:`TryAgainResponse`, :class:`CompleteMetadataResponse`,
+:class:`RequestFailedResponse`, :class:`SampleResponse`). Everything the loop needs arrives
+in a :class:`PollContext`, so unit tests run it over the in-memory transport and a virtual
+clock.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from contextlib import ExitStack
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Mapping, Optional, Union
 
 import attrs
 
 from .._clock import Clock
-from .._http.transport import BODY_EXCERPT_CHARS, Response, Transport, is_bare_400
-from .._policy import PollPolicy
-from .._wire import codec as _codec
+from .._http import Response, Sender
+from .._http.transport import BODY_EXCERPT_CHARS
+from .._policy import Action, Phase, PollPolicy, classify
+from .._wire import codec
 from ..errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     ClientClosedError,
     DecodeError,
     RequestFailedError,
 )
-from ..types import QueueState, RequestErrorCategory, SampleResponse
-from .future import Cancelled
+from ..types import (
+    CompleteMetadataResponse,
+    FutureRetrieveRequest,
+    QueueState,
+    RequestFailedResponse,
+    SampleResponse,
+    TryAgainResponse,
+)
+from .billing import BillingPause
+from .future import Cancelled, Final
 
-__all__ = ["PollContext", "poll_result"]
+__all__ = ["PollContext", "poll_result", "parse_future_answer", "FutureAnswer"]
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 _ACCEPT = "application/x-protobuf, application/json"
 
-
-@attrs.define
-class _PollState:
-    iteration: int = 0
-    allow_metadata_only: bool = True
-    errors_in_row: int = 0
-    bad_requests: int = 0
-    billing_since: Optional[float] = None
-    last_error: Optional[BaseException] = None
+FutureAnswer = Union[TryAgainResponse, CompleteMetadataResponse, RequestFailedResponse, SampleResponse]
 
 
 @attrs.frozen
 class PollContext:
     """What one poll loop needs besides the request id."""
 
-    transport: Transport
+    transport: Sender
     clock: Clock
     policy: PollPolicy
     stop: threading.Event
@@ -55,21 +62,34 @@ class PollContext:
     on_queue_state: Callable[[QueueState, Optional[str]], None]
     on_event: Callable[[str], None]
     reserve_bytes: Callable[[int], Any]
+    billing_window: float = 3600.0
     watchdog: Callable[[], None] = lambda: None
     headers: Mapping[str, str] = attrs.field(factory=dict)
     request_type: str = "Sample"
+
+
+@attrs.define
+class _PollState:
+    """One poll loop's counters. Not thread-safe: it lives on the loop's stack."""
+
+    billing: BillingPause
+    iteration: int = 0
+    allow_metadata_only: bool = True
+    errors_in_row: int = 0
+    bad_requests: int = 0
+    last_error: Optional[BaseException] = None
 
 
 def poll_result(ctx: PollContext, request_id: str) -> SampleResponse:
     """Poll ``retrieve_future`` until a final answer, honouring deadline and cancellation.
 
     Raises:
-        RequestFailedError: the server reported the request failed (not retried).
+        RequestFailedError: the server reported the request failed (wrapped in :class:`Final`).
         PromiseExpiredError: HTTP 410; the caller resubmits with a new seq_id.
         APITimeoutError: the deadline passed.
-        APIStatusError: a fatal status.
+        Final: wraps an answer nothing may retry (a fatal status, a failed request).
     """
-    state = _PollState()
+    state = _PollState(billing=BillingPause(ctx.billing_window, ctx.clock))
     with ExitStack() as reservations:
         while True:
             _check_interrupts(ctx, request_id, state)
@@ -131,7 +151,7 @@ def _send_poll(ctx: PollContext, request_id: str, state: _PollState) -> Response
     if state.iteration == 0:
         headers["X-Tinker-Create-Promise-Roundtrip-Time"] = "0.0"
     state.iteration += 1
-    body = {"request_id": request_id, "allow_metadata_only": state.allow_metadata_only}
+    body = FutureRetrieveRequest(request_id=request_id, allow_metadata_only=state.allow_metadata_only)
     return ctx.transport.request(
         "POST", "retrieve_future", body=body, read_timeout=ctx.policy.read_timeout,
         max_retries=0, headers=headers, deadline=ctx.deadline, check=False,
@@ -148,48 +168,30 @@ def _after_connection_error(ctx: PollContext, state: _PollState, exc: BaseExcept
 def _handle_answer(
     ctx: PollContext, request_id: str, state: _PollState, response: Response, reservations: ExitStack
 ) -> Optional[SampleResponse]:
-    status = response.status
-    if status == 200:
+    action = classify(Phase.POLL, response.status, response.content)
+    if action is Action.DONE:
         state.errors_in_row = 0
         return _handle_ok(ctx, request_id, state, response, reservations)
-    if is_bare_400(response) or status == 429:
-        _after_connection_error(ctx, state, ctx.transport.error_for(response))
-        return None
-    if status == 408 or status >= 500:
-        state.last_error = ctx.transport.error_for(response)
+    error = ctx.transport.error_for(response)
+    if action is Action.REPOLL_LATER:
+        _after_connection_error(ctx, state, error)
+    elif action is Action.REPOLL:
+        state.last_error = error
         _report_queue_state(ctx, response)
-        ctx.on_event(f"poll_{status}")
-        return None
-    if status == 400:
-        _handle_bad_request(ctx, state, response)
-        return None
-    if status == 402:
-        _handle_billing(ctx, state, response)
-        return None
-    raise _fatal(ctx.transport.error_for(response))
-
-
-def _fatal(error: APIStatusError) -> APIStatusError:
-    """Mark a poll error the whole-call layer must not retry (the official SDK's ValueError)."""
-    error.fatal = True
-    return error
-
-
-def _handle_bad_request(ctx: PollContext, state: _PollState, response: Response) -> None:
-    state.bad_requests += 1
-    if state.bad_requests > ctx.policy.bad_request_repolls:
-        raise _fatal(ctx.transport.error_for(response))
-    state.last_error = ctx.transport.error_for(response)
-
-
-def _handle_billing(ctx: PollContext, state: _PollState, response: Response) -> None:
-    now = ctx.clock.monotonic()
-    if state.billing_since is None:
-        state.billing_since = now
-    if now - state.billing_since > ctx.policy.billing_window:
-        raise ctx.transport.error_for(response)
-    logger.warning("The job is paused due to billing status. Error: %s", ctx.transport.error_for(response).body)
-    _pause(ctx, ctx.policy.billing_delay)
+        ctx.on_event(f"poll_{response.status}")
+    elif action is Action.REPOLL_LIMITED:
+        state.bad_requests += 1
+        if state.bad_requests > ctx.policy.bad_request_repolls:
+            raise Final(error)
+        state.last_error = error
+    elif action is Action.BILLING:
+        state.billing.check(error)
+        _pause(ctx, ctx.policy.billing_delay)
+    elif action is Action.EXPIRED:
+        raise error  # PromiseExpiredError: the whole-call layer resubmits with a new seq_id
+    else:
+        raise Final(error)  # the official SDK's ValueError: nothing retries it
+    return None
 
 
 def _report_queue_state(ctx: PollContext, response: Response) -> None:
@@ -202,40 +204,59 @@ def _report_queue_state(ctx: PollContext, response: Response) -> None:
         ctx.on_queue_state(QueueState.parse(body.get("queue_state")), reason if isinstance(reason, str) else None)
 
 
-def _handle_ok(
-    ctx: PollContext, request_id: str, state: _PollState, response: Response, reservations: ExitStack
-) -> Optional[SampleResponse]:
-    if "application/x-protobuf" in response.content_type:
-        return _codec.decode_sample_result(response.content, response.content_type)
-    body = response.json("retrieve_future answer")
+def parse_future_answer(body: Any, request_id: str) -> FutureAnswer:
+    """Which of the four answers a JSON ``retrieve_future`` body is (protocol.md 4.9).
+
+    Example:
+        >>> parse_future_answer({"type": "try_again", "queue_state": "paused_capacity"}, "r1")
+        TryAgainResponse(request_id='r1', queue_state=<QueueState.PAUSED_CAPACITY: 'paused_capacity'>, \
+queue_state_reason=None, type='try_again')
+    """
     if not isinstance(body, dict):
         raise DecodeError(f"retrieve_future answered a JSON {type(body).__name__}, not an object")
     kind = body.get("type")
     if isinstance(kind, str) and kind.lower() == "try_again":
+        return TryAgainResponse.from_json({**body, "request_id": body.get("request_id") or request_id})
+    if body.get("status") == "complete_metadata":
+        size = body.get("response_payload_size")
+        size = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
+        return CompleteMetadataResponse(response_payload_size=size)
+    if "error" in body and "sequences" not in body:
+        return RequestFailedResponse.from_json({**body, "error": str(body.get("error"))})
+    return SampleResponse.from_json(body)
+
+
+def _handle_ok(
+    ctx: PollContext, request_id: str, state: _PollState, response: Response, reservations: ExitStack
+) -> Optional[SampleResponse]:
+    if "application/x-protobuf" in response.content_type:
+        return codec.decode_sample_result(response.content, response.content_type)
+    answer = parse_future_answer(response.json("retrieve_future answer"), request_id)
+    if isinstance(answer, TryAgainResponse):
         # The official SDK warns on every try_again; at hundreds in flight that is noise, and
         # pauses already reach the observer, so it is a debug line here.
         logger.debug("Retrying request request_id=%r because of try_again", request_id)
         ctx.on_event("try_again")
-        if "queue_state" in body or "queue_state_reason" in body:
-            reason = body.get("queue_state_reason")
-            ctx.on_queue_state(QueueState.parse(body.get("queue_state")), reason if isinstance(reason, str) else None)
+        if answer.queue_state is not QueueState.UNKNOWN or answer.queue_state_reason is not None:
+            ctx.on_queue_state(answer.queue_state, answer.queue_state_reason)
         return None
-    if body.get("status") == "complete_metadata" and state.allow_metadata_only:
-        size = body.get("response_payload_size")
-        if isinstance(size, int) and size > 0:
-            reservations.enter_context(ctx.reserve_bytes(size))
+    if isinstance(answer, CompleteMetadataResponse):
+        if not state.allow_metadata_only:  # a metadata answer to a poll that asked for the result
+            raise DecodeError("retrieve_future answered complete_metadata to allow_metadata_only=false")
+        if answer.response_payload_size > 0:
+            reservations.enter_context(ctx.reserve_bytes(answer.response_payload_size))
         state.allow_metadata_only = False
         return None
-    if "error" in body and "sequences" not in body:
-        raise _failed(request_id, body)
-    return SampleResponse.from_json(body)
+    if isinstance(answer, RequestFailedResponse):
+        raise Final(_failed(request_id, answer))
+    return answer
 
 
-def _failed(request_id: str, body: Mapping[str, Any]) -> RequestFailedError:
-    category = RequestErrorCategory.parse(body.get("category"))
-    message = str(body.get("error"))
+def _failed(request_id: str, answer: RequestFailedResponse) -> RequestFailedError:
+    message = answer.error
     if len(message) > BODY_EXCERPT_CHARS:  # the server's text, capped like every other body excerpt
         message = message[:BODY_EXCERPT_CHARS] + "…"
+    category = answer.category
     return RequestFailedError(
         f"Request failed: {message} for request_id={request_id!r} (category {category.value})",
         request_id=request_id, category=category.value,

@@ -2,7 +2,7 @@
 
 The request is sent by ``sample_stream`` itself, in the caller's thread, with the discipline
 of ``sample`` before the first byte: the published snapshot, the holder's dispatch gate, the
-429 backoff and the same-seq_id resubmits of :meth:`Sampler.submit_with_resubmits`. Once the
+429 backoff and the same-seq_id resubmits of :meth:`Submitter.resend_until_ok`. Once the
 server has answered 200 the stream is never resubmitted: a dropped connection, a body that
 ends before every sequence's ``done``, a deadline or an idle timeout is raised from the
 iterator, saying how many chunks arrived. A server without the route (404) gets asample and
@@ -15,19 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import attrs
-import requests
-import urllib3.exceptions
 
 from .._clock import Clock
 from .._config import redact_error
-from .._http.sse import decode_chunk, iter_events, read_chunks
-from .._http.transport import Response, Transport
-from .._http.watchdog import shutdown_connection
-from .._limits import estimate_bytes
-from .._wire import codec as _codec
+from .._http import EventStream
+from .._http.sse import decode_chunk
+from .._wire import codec
 from ..errors import (
     APIConnectionError,
     APITimeoutError,
@@ -39,19 +35,24 @@ from ..errors import (
     ValidationError,
 )
 from ..types import SampleResponse, SampleStreamChunk, StreamChunkKind
-from .call import SampleCall, Snapshot
+from .call import Sampler
+from .snapshot import SampleCall, Snapshot
 
-if TYPE_CHECKING:
-    from ..sampling_client import SamplingClient
-
-__all__ = ["StreamIterator", "stream_sample", "stream_text", "chunks_of_response", "DEFAULT_IDLE_TIMEOUT"]
+__all__ = [
+    "StreamIterator",
+    "open_stream",
+    "text_pieces",
+    "check_idle_timeout",
+    "chunks_of_response",
+    "DEFAULT_IDLE_TIMEOUT",
+    "SDK_METHOD",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT = 30.0  # above the 15 s a server may stay silent between keep-alives (9.2)
 STREAM_PATH = "stream_sample"
 SDK_METHOD = "SamplingClient.sample_stream"
-ERROR_BODY_LIMIT = 64 * 1024
 _STREAM_HEADERS = {
     "Accept": "text/event-stream",
     "Accept-Encoding": "identity",  # compression would make the server or a proxy buffer tokens
@@ -141,75 +142,58 @@ class StreamIterator:
 # -- entry points ----------------------------------------------------------------------------
 
 
-def stream_sample(
-    client: SamplingClient,
-    prompt: Any,
-    sampling_params: Any,
-    num_samples: int = 1,
-    *,
-    timeout: Optional[float] = None,
-    idle_timeout: Optional[float] = None,
+def open_stream(
+    sampler: Sampler, state: Snapshot, call: SampleCall, num_samples: int, *, idle_timeout: float,
+    tokenizer: Any, secret: str, fallback: Callable[[Optional[float]], Future[SampleResponse]],
 ) -> StreamIterator:
-    """Send ``stream_sample`` and return the iterator over its chunks (see ``sample_stream``).
+    """Send ``stream_sample`` for ``call`` and return the iterator over its chunks (see ``sample_stream``).
+
+    Args:
+        sampler: submits under the session's gates and rules (its submitter) with the next seq_id.
+        state: the snapshot the caller read.
+        call: the request body (without ``seq_id``), size estimate and deadline.
+        num_samples: sequences the stream must finish.
+        idle_timeout: the most seconds to wait for the next bytes.
+        tokenizer: decodes token text client-side, or None to keep the server's text.
+        secret: scrubbed from every error.
+        fallback: ``sample()`` with a timeout, for servers without the route (9.3).
 
     Raises:
-        ValidationError: bad arguments, or the client is not initialised.
-        ClientClosedError: the client is closed.
         APIStatusError: a final non-200 answer before the stream started.
         APIConnectionError: no answer within the submit rules (APITimeoutError at the deadline).
         DecodeError: a 200 answer that is not ``text/event-stream``.
     """
-    from ..sampling_client import _deadline
-
-    if client.closed:
-        raise ClientClosedError("this SamplingClient is closed")
-    state = client._state
-    request = client._request(prompt, sampling_params, num_samples, False, 0)
-    deadline = _deadline(timeout, client._clock)
-    idle = _check_idle_timeout(idle_timeout)
-    texts = _Texts(_find_tokenizer(client))
-    body = request.to_json()
-    body.pop("seq_id", None)
-    secret = client._holder.config.api_key
+    texts = _Texts(tokenizer)
     if state.stream_supported:
         try:
-            response = _open(client, state, body, estimate_bytes(prompt), deadline, idle)
+            stream = _open(sampler, state, call, idle_timeout)
         except TinkexError as exc:
             redact_error(exc, secret)
             raise
-        if response is not None:
-            sampler = client._sampler
-            source = _LiveSource(response, request.num_samples, clock=client._clock, idle_timeout=idle,
-                                 deadline=deadline, stop=sampler.stop)
+        if stream is not None:
+            source = _LiveSource(stream, num_samples, clock=sampler.clock, idle_timeout=idle_timeout,
+                                 deadline=call.deadline, stop=sampler.stop)
             return StreamIterator(source, texts, secret)
-        _remember_unsupported(client)
-    fallback = _FallbackSource(client, prompt, sampling_params, request.num_samples, deadline)
-    return StreamIterator(fallback, texts, secret)
+        logger.info("%s has no stream_sample route (404); streaming from asample results instead",
+                    sampler.transport.url(STREAM_PATH))
+        sampler.target.mark_stream_unsupported()
+    return StreamIterator(_FallbackSource(fallback, call.deadline, sampler.clock), texts, secret)
 
 
-def stream_text(
-    client: SamplingClient, prompt: Any, sampling_params: Any, *, timeout: Optional[float] = None,
-    idle_timeout: Optional[float] = None,
-) -> Iterator[str]:
+def text_pieces(stream: StreamIterator, model: Optional[str]) -> Iterator[str]:
     """Yield the text of sequence 0 piece by piece; joining the pieces gives the decoded text.
 
-    The returned generator closes its stream when it is closed, exhausted or collected.
+    The generator closes its stream when it is closed, exhausted or collected.
 
     Raises:
         ValidationError: neither the client nor the server can turn this model's tokens
             into text (raised at the first token).
     """
-    stream = stream_sample(client, prompt, sampling_params, 1, timeout=timeout, idle_timeout=idle_timeout)
-    return _text_pieces(stream, client)
-
-
-def _text_pieces(stream: StreamIterator, client: SamplingClient) -> Iterator[str]:
     with stream:
         for chunk in stream:
             if chunk.sequence_index != 0:
                 continue
             if chunk.kind is StreamChunkKind.TOKEN and chunk.token is None:
-                model = client.base_model
                 raise ValidationError(
                     f"no text for token {chunk.token_id}: the tokenizer of {model!r} is unknown here and the "
                     "server sent no text; use sample_stream and decode the token ids", field="base_model",
@@ -219,7 +203,7 @@ def _text_pieces(stream: StreamIterator, client: SamplingClient) -> Iterator[str
                 yield chunk.token
 
 
-def _check_idle_timeout(idle_timeout: Optional[float]) -> float:
+def check_idle_timeout(idle_timeout: Optional[float]) -> float:
     if idle_timeout is None:
         return DEFAULT_IDLE_TIMEOUT
     if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or idle_timeout <= 0:
@@ -228,21 +212,7 @@ def _check_idle_timeout(idle_timeout: Optional[float]) -> float:
     return float(idle_timeout)
 
 
-def _remember_unsupported(client: SamplingClient) -> None:
-    logger.info("%s has no stream_sample route (404); streaming from asample results instead",
-                client._holder.config.base_url)
-    client._publish(attrs.evolve(client._state, stream_supported=False))
-
-
 # -- text ------------------------------------------------------------------------------------
-
-
-def _find_tokenizer(client: SamplingClient) -> Any:
-    try:
-        return client.get_tokenizer()
-    except (ImportError, TinkexError) as exc:  # an unknown tokenizer: fall back to the server's text
-        logger.debug("Streaming without a client-side tokenizer: %s", exc)
-        return None
 
 
 class _Texts:
@@ -274,58 +244,20 @@ class _Texts:
 # -- opening the stream ----------------------------------------------------------------------
 
 
-@attrs.frozen
-class _Opened(Response):
-    """A 200 answer whose body is still on the wire."""
-
-    stream: Any = None
-
-
-def _open(client: SamplingClient, state: Snapshot, body: Dict[str, Any], estimated_bytes: int,
-          deadline: Optional[float], idle: float) -> Optional[requests.Response]:
+def _open(sampler: Sampler, state: Snapshot, call: SampleCall, idle: float) -> Optional[EventStream]:
     """POST stream_sample under the submit discipline; None when the server has no such route."""
-    sampler = client._sampler
-    payload = _codec.dumps(dict(body, seq_id=sampler.next_seq_id(), sampling_session_id=state.sampling_session_id))
-    call = SampleCall(body=body, estimated_bytes=estimated_bytes, deadline=deadline, sdk_method=SDK_METHOD,
-                      cancel=threading.Event())
-    transport = client._transport
-    dispatch = client._holder.dispatch
-    assert dispatch is not None
-    with dispatch.admit(estimated_bytes, stop=sampler.stop, deadline=deadline):
+    submitter = sampler.submitter
+    body = dict(call.body, seq_id=next(sampler.seq_ids), sampling_session_id=state.sampling_session_id)
+    payload = codec.dumps(body)
+    with submitter.limits.dispatch.admit(call.estimated_bytes, stop=sampler.stop, deadline=call.deadline):
         try:
-            answer = sampler.submit_with_resubmits(state, call, lambda: _send(transport, payload, idle, deadline))
+            answer = submitter.resend_until_ok(state, call, lambda: sampler.transport.open_stream(
+                STREAM_PATH, payload, _STREAM_HEADERS, idle, call.deadline))
         except NotFoundError:
             return None
-    assert isinstance(answer, _Opened)
-    return answer.stream
-
-
-def _send(transport: Transport, payload: bytes, idle: float, deadline: Optional[float]) -> Response:
-    headers = transport._call_headers("POST", payload, _STREAM_HEADERS, idle)
-    raw = transport.open("POST", STREAM_PATH, payload, headers, idle, deadline)
-    if raw.status_code == 200:
-        _check_event_stream(raw)
-        return _Opened(status=200, headers=raw.headers, content=b"", url=raw.url, stream=raw)
-    try:
-        content = _error_body(raw)
-    finally:
-        raw.close()
-    return Response(status=raw.status_code, headers=raw.headers, content=content, url=raw.url)
-
-
-def _check_event_stream(raw: requests.Response) -> None:
-    content_type = raw.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "text/event-stream":
-        raw.close()
-        raise DecodeError(f"{raw.url} answered 200 with Content-Type {content_type!r}, not text/event-stream")
-
-
-def _error_body(raw: requests.Response) -> bytes:
-    try:
-        return bytes(raw.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b"")
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise APIConnectionError(f"reading the answer of {raw.url} failed ({type(exc).__name__})",
-                                 url=raw.url) from None
+    assert isinstance(answer, EventStream)
+    answer.check_event_stream()
+    return answer
 
 
 # -- the two sources of chunks ---------------------------------------------------------------
@@ -363,13 +295,13 @@ class _Progress:
 class _LiveSource:
     """Chunks read from the open SSE response. Not thread-safe, except ``close``."""
 
-    def __init__(self, response: requests.Response, num_samples: int, *, clock: Clock, idle_timeout: float,
+    def __init__(self, response: EventStream, num_samples: int, *, clock: Clock, idle_timeout: float,
                  deadline: Optional[float], stop: threading.Event) -> None:
         self._response = response
-        self._events = iter_events(read_chunks(response, clock=clock, idle_timeout=idle_timeout, deadline=deadline))
+        self._events = response.events(clock=clock, idle_timeout=idle_timeout, deadline=deadline)
         self._progress = _Progress(num_samples)
         self._stop = stop
-        self.request_id = response.headers.get("x-request-id")
+        self.request_id = response.request_id
         self._ended = False
         self.delivered = 0
 
@@ -417,25 +349,21 @@ class _LiveSource:
 
     def close(self) -> None:
         if not self._ended:  # abandoned mid-stream: unblock a read in another thread, drop the connection
-            _shutdown(self._response)
+            self._response.abort()
         self._response.close()
-
-
-def _shutdown(response: requests.Response) -> None:
-    shutdown_connection(getattr(response.raw, "connection", None) or getattr(response.raw, "_connection", None))
 
 
 class _FallbackSource:
     """Chunks rebuilt from ``sample()``'s result, for servers without stream_sample (9.3)."""
 
-    def __init__(self, client: SamplingClient, prompt: Any, params: Any, num_samples: int,
-                 deadline: Optional[float]) -> None:
+    def __init__(self, sample: Callable[[Optional[float]], Future[SampleResponse]], deadline: Optional[float],
+                 clock: Clock) -> None:
         timeout = None
         if deadline is not None:
-            timeout = deadline - client._clock.monotonic()
+            timeout = deadline - clock.monotonic()
             if timeout <= 0:
                 raise APITimeoutError("the stream's deadline passed before the fallback sample was sent")
-        self._future: Future[SampleResponse] = client.sample(prompt, num_samples, params, timeout=timeout)
+        self._future = sample(timeout)
         self._chunks: Optional[Iterator[SampleStreamChunk]] = None
         self.delivered = 0
         self.request_id: Optional[str] = None
