@@ -1,0 +1,90 @@
+"""Many calls that each return a future, at most ``limit`` in flight, results in call order.
+
+Used by the lm-evaluation-harness backend to turn a list of requests into SDK futures and back
+into a list without letting one failed request lose the others.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+
+from ..errors import TinkexError
+
+__all__ = ["run_in_flight"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+Start = Callable[[], "Future[T]"]
+
+
+def run_in_flight(
+    starts: Sequence[Callable[[], Future]],
+    limit: int,
+    finish: Callable[[int, T], R],
+    on_done: Callable[[], None] = lambda: None,
+) -> Tuple[List[Optional[R]], Dict[int, BaseException]]:
+    """Call every ``starts[i]()`` with at most ``limit`` futures pending, and ``finish(i, result)`` on each.
+
+    Runs on the calling thread only (``finish`` and ``on_done`` too, so they need no lock).
+
+    Returns:
+        ``(results, failures)``: ``results[i]`` is ``finish(i, ...)`` or None when request ``i``
+        failed; ``failures`` maps each failed index to its error (a :class:`TinkexError` raised
+        by ``starts[i]`` or ``finish``, the future's exception, or ``CancelledError``).
+
+    Raises:
+        BaseException: anything else (a bug, ``KeyboardInterrupt``) after cancelling what is pending.
+
+    Example:
+        >>> from concurrent.futures import Future
+        >>> def done(value):
+        ...     future = Future()
+        ...     future.set_result(value)
+        ...     return future
+        >>> run_in_flight([lambda: done(1), lambda: done(2)], 1, lambda i, r: r * 10)
+        ([10, 20], {})
+    """
+    results: List[Optional[R]] = [None] * len(starts)
+    failures: Dict[int, BaseException] = {}
+    pending: Dict[Future, int] = {}
+    next_index = 0
+    try:
+        while next_index < len(starts) or pending:
+            while next_index < len(starts) and len(pending) < limit:
+                _start(starts[next_index], next_index, pending, failures, on_done)
+                next_index += 1
+            if pending:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = pending.pop(future)
+                    _settle(future, index, finish, results, failures)
+                    on_done()
+    finally:
+        for future in pending:  # only when leaving early: nothing is left running behind us
+            future.cancel()
+    return results, failures
+
+
+def _start(start: Callable[[], Future], index: int, pending: Dict[Future, int],
+           failures: Dict[int, BaseException], on_done: Callable[[], None]) -> None:
+    try:
+        pending[start()] = index
+    except TinkexError as exc:  # refused before anything was sent (bad input, a closed client)
+        failures[index] = exc
+        on_done()
+
+
+def _settle(future: Future, index: int, finish: Callable[[int, T], R], results: List[Optional[R]],
+            failures: Dict[int, BaseException]) -> None:
+    if future.cancelled():
+        failures[index] = CancelledError(f"request {index} was cancelled")
+        return
+    error = future.exception()
+    if error is not None:
+        failures[index] = error
+        return
+    try:
+        results[index] = finish(index, future.result())
+    except TinkexError as exc:  # an answer we cannot use (e.g. logprobs missing)
+        failures[index] = exc
