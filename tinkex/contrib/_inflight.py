@@ -6,7 +6,8 @@ into a list without letting one failed request lose the others.
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+import queue
+from concurrent.futures import CancelledError, Future
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from ..errors import TinkexError
@@ -48,18 +49,19 @@ def run_in_flight(
     results: List[Optional[R]] = [None] * len(starts)
     failures: Dict[int, BaseException] = {}
     pending: Dict[Future, int] = {}
+    # Done callbacks, not concurrent.futures.wait: wait() never returns for a future cancelled
+    # without being notified (one whose work item was dropped when its pool shut down).
+    finished: queue.SimpleQueue = queue.SimpleQueue()
     next_index = 0
     try:
         while next_index < len(starts) or pending:
             while next_index < len(starts) and len(pending) < limit:
-                _start(starts[next_index], next_index, pending, failures, on_done)
+                _start(starts[next_index], next_index, pending, failures, on_done, finished.put)
                 next_index += 1
             if pending:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for future in done:
-                    index = pending.pop(future)
-                    _settle(future, index, finish, results, failures)
-                    on_done()
+                future = finished.get()
+                _settle(future, pending.pop(future), finish, results, failures)
+                on_done()
     finally:
         for future in pending:  # only when leaving early: nothing is left running behind us
             future.cancel()
@@ -67,12 +69,16 @@ def run_in_flight(
 
 
 def _start(start: Callable[[], Future], index: int, pending: Dict[Future, int],
-           failures: Dict[int, BaseException], on_done: Callable[[], None]) -> None:
+           failures: Dict[int, BaseException], on_done: Callable[[], None], notify: Callable[[Future], None]
+           ) -> None:
     try:
-        pending[start()] = index
+        future = start()
     except TinkexError as exc:  # refused before anything was sent (bad input, a closed client)
         failures[index] = exc
         on_done()
+        return
+    pending[future] = index
+    future.add_done_callback(notify)  # runs at once when the future is already done
 
 
 def _settle(future: Future, index: int, finish: Callable[[int, T], R], results: List[Optional[R]],

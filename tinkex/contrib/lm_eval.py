@@ -473,9 +473,9 @@ def hide_api_key(argv: Sequence[str]) -> List[str]:
             in_model_args = arg in ("--model_args", "-a")
         if arg and arg != "--model_args=":
             out.append(arg)
-        elif out and out[-1] in ("--model_args", "-a"):
-            out.pop()  # api_key was its only value
-    return out
+    flags = ("--model_args", "-a")  # drop a flag left with no value (api_key was its only one)
+    return [arg for i, arg in enumerate(out)
+            if arg not in flags or (i + 1 < len(out) and not out[i + 1].startswith("-"))]
 
 
 def main(argv: Sequence[str]) -> int:
