@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/client_overhead.py
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/batch.py
+	$(BIN)/python bench/lm_eval.py 2>/dev/null
 
 serve: $(STAMP)
 	$(BIN)/tinkex serve
