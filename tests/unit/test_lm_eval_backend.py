@@ -8,6 +8,8 @@ import os
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import subprocess
+import sys
 import threading
 from concurrent.futures import CancelledError, Future
 from typing import Callable, List
@@ -104,3 +106,24 @@ def test_hide_api_key_moves_the_key_to_the_environment(monkeypatch: pytest.Monke
     assert hide_api_key(["-a", "api_key=tml-three", "seed=1", "--tasks", "t"]) == ["-a", "seed=1", "--tasks", "t"]
     assert hide_api_key(["--model_args", "api_key=tml-four", "--tasks", "t"]) == ["--tasks", "t"]
     assert os.environ["TINKER_API_KEY"] == "tml-four"
+
+
+def test_the_model_is_registered_on_import_and_declared_as_an_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    from lm_eval.api.registry import get_model
+
+    from tinkex.contrib.lm_eval import TinkexLM
+
+    assert get_model("tinkex") is TinkexLM
+    declared = {ep.name: ep for ep in entry_points(group="lm_eval.models")}
+    assert declared["tinkex"].load() is TinkexLM  # what newer lm-eval releases discover
+
+
+def test_tinkex_eval_help_is_lm_evals_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "tinkex", "eval", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "lm-eval" in done.stdout and "run" in done.stdout
+    listed = subprocess.run([sys.executable, "-m", "tinkex", "--help"], capture_output=True, text=True, timeout=60)
+    assert "eval" in listed.stdout.split("COMMAND", 1)[1]
