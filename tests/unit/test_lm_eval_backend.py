@@ -17,7 +17,8 @@ from typing import Callable, List
 import pytest
 
 from tinkex.contrib._inflight import run_in_flight
-from tinkex.contrib.lm_eval import cut_at_stop, hide_api_key
+from tinkex.contrib._lm_eval_cli import hide_api_key
+from tinkex.contrib.lm_eval import cut_at_stop
 from tinkex.errors import BadRequestError, ValidationError
 
 

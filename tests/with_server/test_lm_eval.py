@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import lm_eval
 import pytest
+import requests
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
@@ -195,6 +196,22 @@ def test_bad_model_args_name_the_field(server: LocalServer) -> None:
     with pytest.raises(tinkex.ValidationError) as raised:
         TinkexLM(base_model=DEFAULT_MODEL, base_url=server.base_url, api_key=SECRET_KEY, on_error="ignore")
     assert raised.value.field == "on_error"
+    with pytest.raises(tinkex.ValidationError) as raised:
+        TinkexLM(base_model=DEFAULT_MODEL, base_url=server.base_url, api_key=SECRET_KEY, temprature=0.5)
+    assert (raised.value.field, raised.value.value) == ("temprature", 0.5)
+
+
+def test_local_true_serves_the_model_for_the_run_and_stops_it(
+    server: LocalServer, client: tinkex.SamplingClient
+) -> None:
+    request = Instance("loglikelihood", {}, ("import", " os"), 0)
+    with TinkexLM(base_model=DEFAULT_MODEL, local=True) as lm:
+        ((score, _greedy_flag),) = lm.loglikelihood([request], disable_tqdm=True)
+        own = lm._server  # the backend's own server, not this module's
+        assert own is not None and own.base_url != server.base_url
+    assert score == pytest.approx(_score(client, _encode("import"), _encode(" os")), abs=1e-6)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(own.base_url + "/api/v1/healthz", timeout=5)
 
 
 def test_tinkex_eval_runs_lm_eval_cli_and_never_writes_the_key(

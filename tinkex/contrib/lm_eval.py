@@ -30,8 +30,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import sys
 import threading
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -210,8 +208,12 @@ class TinkexLM(TemplateLM):
         batch_size: Any = None,
         max_batch_size: Any = None,
         device: Any = None,
+        **unknown: Any,
     ) -> None:
         super().__init__()
+        if unknown:
+            name = sorted(unknown)[0]
+            raise _invalid(name, unknown[name], "is not an argument of the tinkex model")
         self._max_in_flight = _positive_int("max_in_flight", max_in_flight)
         self._timeout = _optional_positive("timeout", timeout)
         self._seed = _optional_int("seed", seed)
@@ -441,58 +443,12 @@ def close_all() -> None:
         model.close()
 
 
-# ---------------------------------------------------------------- tinkex eval
-
-
-def _without_api_key(value: str) -> str:
-    """``value`` (``k=v,k2=v2``) without its ``api_key`` item, which goes to ``TINKER_API_KEY`` instead."""
-    kept = []
-    for item in value.split(","):
-        if item.strip().startswith("api_key="):
-            os.environ["TINKER_API_KEY"] = item.split("=", 1)[1]
-        else:
-            kept.append(item)
-    return ",".join(kept)
-
-
-def hide_api_key(argv: Sequence[str]) -> List[str]:
-    """``argv`` with any ``api_key`` model arg moved to the environment, so lm-eval never logs or saves it.
-
-    Example:
-        >>> hide_api_key(["--model_args", "base_model=m,api_key=tml-x", "--tasks", "t"])  # doctest: +SKIP
-        ['--model_args', 'base_model=m', '--tasks', 't']
-    """
-    out: List[str] = []
-    in_model_args = False
-    for arg in argv:
-        if arg.startswith("--model_args="):
-            arg, in_model_args = "--model_args=" + _without_api_key(arg.split("=", 1)[1]), False
-        elif in_model_args and not arg.startswith("-"):
-            arg = _without_api_key(arg)
-        else:
-            in_model_args = arg in ("--model_args", "-a")
-        if arg and arg != "--model_args=":
-            out.append(arg)
-    flags = ("--model_args", "-a")  # drop a flag left with no value (api_key was its only one)
-    return [arg for i, arg in enumerate(out)
-            if arg not in flags or (i + 1 < len(out) and not out[i + 1].startswith("-"))]
-
-
 def main(argv: Sequence[str]) -> int:
     """Run lm-eval's own command line (``lm-eval ARGS``) with the ``tinkex`` model registered.
 
     Returns:
         lm-eval's exit code.
     """
-    from lm_eval.__main__ import cli_evaluate
+    from ._lm_eval_cli import run
 
-    saved = sys.argv
-    sys.argv = ["lm-eval", *hide_api_key(argv)]
-    try:
-        cli_evaluate()
-    except SystemExit as exc:  # its argparse (--help, bad usage) or an explicit exit
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved
-        close_all()
-    return 0
+    return run(argv)
