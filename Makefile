@@ -11,7 +11,7 @@ FUZZ_EXAMPLES ?= 2000
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,tokenizers,progress,dask,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,tokenizers,progress,dask,lm-eval,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/client_overhead.py
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/batch.py
+	$(BIN)/python bench/lm_eval.py 2>/dev/null
 
 serve: $(STAMP)
 	$(BIN)/tinkex serve

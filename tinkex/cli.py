@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_run_models)
     version = commands.add_parser("version", parents=[parent], help="print the tinkex version")
     version.set_defaults(handler=_run_version)
+    commands.add_parser("eval", help="run lm-evaluation-harness on a Tinker model (`tinkex eval --help`)",
+                        add_help=False)
     _register_batch(commands)
     return parser
 
@@ -353,12 +355,12 @@ def _run_version(args: argparse.Namespace, out: TextIO) -> int:
 # ---------------------------------------------------------------- entry point
 
 
-def _serve_arguments(argv: List[str]) -> Optional[List[str]]:
-    """The arguments after ``serve`` when that is the command (only ``--debug`` may come first)."""
+def _serve_arguments(argv: List[str], command: str = "serve") -> Optional[List[str]]:
+    """The arguments after ``command`` when that is the command (only ``--debug`` may come first)."""
     position = 0
     while position < len(argv) and argv[position] == "--debug":
         position += 1
-    if position < len(argv) and argv[position] == "serve":
+    if position < len(argv) and argv[position] == command:
         return argv[position + 1:]
     return None
 
@@ -374,6 +376,17 @@ def _serve(arguments: List[str]) -> int:
         return int(server_cli.main(arguments) or 0)
     except SystemExit as exc:  # its argparse: --help or bad usage
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def _eval(arguments: List[str], debug: bool) -> int:
+    """``tinkex eval``: lm-eval's own command line with the ``tinkex`` model registered."""
+    try:
+        from .contrib import lm_eval as backend
+    except ImportError as exc:
+        print(f"error: tinkex eval needs the lm-eval extra ({exc.name} is missing): pip install 'tinkex[lm-eval]'",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return _dispatch(lambda _args, _out: backend.main(arguments), argparse.Namespace(), sys.stdout, debug)
 
 
 def _configure_logging(debug: bool) -> None:
@@ -417,6 +430,9 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     if served is not None:
         _configure_logging(arguments[:1] == ["--debug"])
         return _serve(served)
+    evaluated = _serve_arguments(arguments, "eval")
+    if evaluated is not None:  # lm-eval configures its own logging (--verbosity)
+        return _eval(evaluated, arguments[:1] == ["--debug"])
     parser = build_parser()
     try:
         args = parser.parse_args(arguments)
