@@ -148,6 +148,7 @@ class SamplingClient:
             snapshot=lambda: self._state, recover=self._recover_sampling_session,
         )
         self._holder.add_dynamic_config_listener(self._on_dynamic_config)
+        logger.info("Sampling session %s ready for model %s", sampling_session_id, base_model or target.model_path)
         return Snapshot(
             session_id=info.session_id, sampling_session_id=sampling_session_id, base_model=base_model,
             model_path=target.model_path, client_config=info.client_config, dynamic_config=info.dynamic_config,

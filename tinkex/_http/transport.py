@@ -20,6 +20,7 @@ from requests.cookies import RequestsCookieJar, merge_cookies
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import Config
+from .._logging import LazyRequestId
 from .._policy import HTTPRetryPolicy, is_retryable_status, parse_retry_after
 from .._version import __version__
 from .._wire import codec as _codec
@@ -222,6 +223,7 @@ class Transport:
         taken = 0
         while True:
             call_headers["x-stainless-retry-count"] = str(taken)
+            started = self.clock.monotonic()
             try:
                 response = self._send_once(method, path, payload, call_headers, read_timeout, deadline)
             except APIConnectionError as exc:
@@ -229,6 +231,8 @@ class Transport:
                     raise
                 delay, cause = self.retry_policy.delay(taken, {}, self.clock), "connection"
             else:
+                logger.debug("%s %s: %d in %.1f ms (request id %s)", method, path, response.status, (
+                    self.clock.monotonic() - started) * 1e3, LazyRequestId(payload, response.content, response.headers))
                 retryable = not (200 <= response.status < 300) and (
                     is_retryable_status(response.status, response.headers) or is_bare_400(response)
                 )
