@@ -270,6 +270,13 @@ def test_missing_tokenizer_is_one_line(remote: LocalServer, capsys: pytest.Captu
     assert "no tokenizer found for model 'acme/unknown-tokenizer'" in line and "register_tokenizer" in line
 
 
+def test_a_missing_tokenizer_file_says_file_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "tokenizer.json"
+    done = tinkex_process("sample", "x", "--local", "--model", "tinkex/echo", "--tokenizer", str(missing))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: tokenizer file not found: {str(missing)!r}"]
+
+
 def test_server_rejection_is_one_line(remote: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tokenizer_json = tmp_path / "tokenizer.json"
     big_vocabulary(tokenizer_json)  # its ids go past the echo model's 258
