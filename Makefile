@@ -8,7 +8,7 @@ FUZZ_EXAMPLES ?= 2000
 
 .PHONY: install demo test unit lint typecheck bench serve soak fuzz compat clean
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[server,tokenizers,progress,dask,lm-eval,dev]'
@@ -20,7 +20,7 @@ install: $(STAMP)
 # clone prints text sooner; `make install` / `make test` add the rest.
 DEMO_STAMP := $(VENV)/.demo-installed
 
-$(DEMO_STAMP): setup.cfg setup.py
+$(DEMO_STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[server,tokenizers,progress]'

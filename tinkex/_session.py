@@ -144,6 +144,7 @@ class Holder:
         dynamic = self._fetch_dynamic_config()
         self._configure_limits(client_config)
         session_id = self._create_session()
+        logger.info("Session %s created on %s", session_id, self.config.base_url)
         return SessionInfo(session_id=session_id, client_config=client_config, dynamic_config=dynamic)
 
     def _exchange_jwt(self) -> None:

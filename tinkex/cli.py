@@ -33,12 +33,22 @@ import logging
 import math
 import os
 import platform
+import re
 import sys
 import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
+from ._help import DefaultsHelpFormatter
+from ._logging import apply_log_level
 from ._version import __version__
-from .errors import APIError, TinkexError
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    TinkexError,
+    ValidationError,
+)
 from .service_client import ServiceClient
 from .tokenizers import Tokenizer, get_tokenizer
 from .types import ModelInput, SampleResponse, SampleStreamChunk, SamplingParams
@@ -62,16 +72,19 @@ class CLIError(Exception):
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--local``, ``--base-url``, ``--timeout`` and ``--max-retries`` (what :func:`open_service` reads)."""
+    """Add ``--local``, ``--base-url``, ``--api-key``, ``--timeout`` and ``--max-retries`` (what
+    :func:`open_service` reads)."""
     group = parser.add_argument_group("connection")
     group.add_argument("--local", action="store_true",
                        help="start a local server inside this command (no key or server needed)")
     group.add_argument("--base-url", metavar="URL",
                        help="service URL (default: $TINKER_BASE_URL, else the official one)")
+    group.add_argument("--api-key", metavar="KEY",
+                       help="API key (default: $TINKER_API_KEY, which keeps it out of the process list)")
     group.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                        help="deadline for each call, polling included (default: none)")
-    group.add_argument("--max-retries", type=int, default=CLI_MAX_RETRIES, metavar="N",
-                       help=f"HTTP-layer retries of set-up calls (default {CLI_MAX_RETRIES}; the library's is 10)")
+    group.add_argument("--max-retries", type=_non_negative_int, default=CLI_MAX_RETRIES, metavar="N",
+                       help="HTTP-layer retries of set-up calls (the library itself makes 10)")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,13 +96,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling")
-    group.add_argument("--max-tokens", type=int, default=100, metavar="N", help="tokens per sample (default 100)")
-    group.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy (default 1.0)")
-    group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass in (0, 1] (default 1.0)")
-    group.add_argument("--top-k", type=int, default=-1, metavar="K", help="-1 for no limit (default)")
-    group.add_argument("--seed", type=int, metavar="N", help="same seed, same sample")
+    group.add_argument("--max-tokens", type=int, default=100, metavar="N", help="tokens per sample")
+    group.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 is greedy")
+    group.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus mass in (0, 1]")
+    group.add_argument("--top-k", type=int, default=-1, metavar="K", help="-1 for no limit")
+    group.add_argument("--seed", type=int, metavar="N", help="same seed, same sample (default: a random one)")
     group.add_argument("--stop", action="append", metavar="TEXT", help="stop string, repeatable")
-    group.add_argument("--num-samples", type=int, default=1, metavar="N", help="sequences to sample (default 1)")
+    group.add_argument("--num-samples", type=_positive_int, default=1, metavar="N", help="sequences to sample")
 
 
 def _common_parent() -> argparse.ArgumentParser:
@@ -101,39 +114,59 @@ def _common_parent() -> argparse.ArgumentParser:
     return parent
 
 
+def _version_text() -> str:
+    python = platform.python_version()
+    return f"tinkex {__version__} (Python {python}; wire protocol of the tinker SDK {PROTOCOL_REFERENCE})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``tinkex`` argument parser (``serve`` is listed here but handled by the server's own parser)."""
     parser = argparse.ArgumentParser(
         prog="tinkex", description="Sample from Tinker models (or the local server) from the command line.",
         epilog="Environment: TINKER_API_KEY, TINKER_BASE_URL, TINKER_LOG, TINKEX_TOKENIZER_PATH.",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("--version", action="version", version=_version_text())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     parent = _common_parent()
     commands.add_parser("serve", help="run the local Tinker-compatible server (see `tinkex serve --help`)",
                         add_help=False)
-    sample = commands.add_parser("sample", parents=[parent], help="sample a completion of PROMPT")
+    _add_commands(commands, parent)
+    commands.add_parser("eval", help="run lm-evaluation-harness on a Tinker model (`tinkex eval --help`)",
+                        add_help=False)
+    _register_batch(commands)
+    for command in commands.choices.values():
+        if command.formatter_class is argparse.HelpFormatter:  # a subcommand that chose none shows defaults too
+            command.formatter_class = DefaultsHelpFormatter
+        command.set_defaults(command_parser=command)  # so usage errors print the subcommand's usage
+    return parser
+
+
+def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
+    formatter = DefaultsHelpFormatter
+    sample = commands.add_parser("sample", parents=[parent], help="sample a completion of PROMPT",
+                                 formatter_class=formatter)
     sample.add_argument("prompt", help="the prompt text (no chat template is applied)")
     _add_model_arguments(sample)
     _add_sampling_arguments(sample)
     sample.add_argument("--stream", action="store_true", help="print the text as it is generated")
     add_connection_arguments(sample)
     sample.set_defaults(handler=_run_sample)
-    scores = commands.add_parser("logprobs", parents=[parent], help="score TEXT: the logprob of every token")
+    scores = commands.add_parser("logprobs", parents=[parent], help="score TEXT: the logprob of every token",
+                                 formatter_class=formatter)
     scores.add_argument("text", help="the text to score")
     _add_model_arguments(scores)
     add_connection_arguments(scores)
     scores.set_defaults(handler=_run_logprobs)
-    models = commands.add_parser("models", parents=[parent], help="list the models the service offers")
+    models = commands.add_parser("models", parents=[parent], help="list the models the service offers",
+                                 formatter_class=formatter)
     add_connection_arguments(models)
     models.set_defaults(handler=_run_models)
-    version = commands.add_parser("version", parents=[parent], help="print the tinkex version")
+    version = commands.add_parser("version", parents=[parent], help="print the tinkex version",
+                                  formatter_class=formatter)
     version.set_defaults(handler=_run_version)
-    commands.add_parser("eval", help="run lm-evaluation-harness on a Tinker model (`tinkex eval --help`)",
-                        add_help=False)
-    _register_batch(commands)
-    return parser
 
 
 def _register_batch(commands: Any) -> None:
@@ -147,6 +180,27 @@ def _register_batch(commands: Any) -> None:
         batch.set_defaults(handler=lambda args, _out: module.run(args))
 
 
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -158,12 +212,22 @@ def _positive_float(text: str) -> float:
 
 
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors argparse cannot see alone; ``parser`` is the subcommand's, so its usage is shown."""
     if hasattr(args, "model") and args.model is None:
         if not args.local:
-            parser.error(f"{args.command}: --model is required (or pass --local to use {LOCAL_DEFAULT_MODEL})")
+            parser.error(f"--model is required (or pass --local to use {LOCAL_DEFAULT_MODEL})")
         args.model = LOCAL_DEFAULT_MODEL
     if getattr(args, "stream", False) and args.num_samples > 1 and not args.json:
-        parser.error("sample: --stream prints one sequence as text; add --json to stream several")
+        parser.error("--stream prints one sequence as text; add --json to stream several")
+    if hasattr(args, "max_tokens"):
+        try:
+            _sampling_params(args)
+        except ValidationError as exc:  # the library's own check, reported as the option it came from
+            parser.error(f"argument {_option_name(exc.field)}: {exc}")
+
+
+def _option_name(field: Optional[str]) -> str:
+    return "--" + (field or "value").replace("_", "-")
 
 
 # ---------------------------------------------------------------- connection
@@ -178,7 +242,7 @@ def open_service(args: argparse.Namespace, models: Optional[Sequence[str]] = Non
         models: the models a ``--local`` server should load (default: every local model).
     """
     with contextlib.ExitStack() as stack:
-        api_key, base_url = None, args.base_url
+        api_key, base_url = getattr(args, "api_key", None), args.base_url
         if args.local:
             server = stack.enter_context(_local_server(models))
             api_key, base_url = server.api_key, server.base_url
@@ -348,7 +412,7 @@ def _run_version(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit({"tinkex": __version__, "python": python, "protocol_reference": f"tinker {PROTOCOL_REFERENCE}"}, out)
     else:
-        out.write(f"tinkex {__version__} (Python {python}; wire protocol of the tinker SDK {PROTOCOL_REFERENCE})\n")
+        out.write(_version_text() + "\n")
     return EXIT_OK
 
 
@@ -390,22 +454,97 @@ def _eval(arguments: List[str], debug: bool) -> int:
 
 
 def _configure_logging(debug: bool) -> None:
-    if os.environ.get("TINKER_LOG", "").strip():
-        return  # the library attaches its own stderr handler for TINKER_LOG; a second would print lines twice
+    """tinkex's own log on stderr: DEBUG with ``--debug``, else ``TINKER_LOG``, else warnings only.
+
+    Only the ``tinkex`` logger gets a handler, so urllib3's connection chatter stays out.
+    """
+    apply_log_level("debug" if debug else os.environ.get("TINKER_LOG", "").strip() or "warning")
+
+
+def _configure_serve_logging(debug: bool) -> None:
+    # The server configures the root logger itself (its --log-level); --debug before `serve` wins.
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if debug:  # also when the root logger was configured before us
         logging.getLogger("tinkex").setLevel(logging.DEBUG)
 
 
+# ---------------------------------------------------------------- error messages
+
+_AUTH_HINT = "check TINKER_API_KEY or --api-key"
+_MODELS_HINT = "`tinkex models` lists the models this server offers"
+_NO_KEY = "no API key: set TINKER_API_KEY or pass --api-key"
+_UNKNOWN_MODEL = re.compile(r"model", re.IGNORECASE)
+_NOT_KNOWN = re.compile(r"unknown|not found|no such|not available|unsupported|not supported", re.IGNORECASE)
+# The library's words for its constructor arguments, in the command's words.
+_CLI_WORDS = (
+    (re.compile(r"by passing api_key to the client"), "by passing --api-key"),
+    (re.compile(r"\bpass (\w+)=\.\.\."), lambda match: "pass --" + match.group(1).replace("_", "-")),
+    (re.compile(r"\b[Tt]he api_key client option"), "An API key"),
+    (re.compile(r"\bapi_key\b"), "API key"),
+)
+
+
 def _describe(exc: BaseException) -> str:
-    message = str(exc) or type(exc).__name__
+    """One line for the user: the server's own words, what to do next, the request id."""
+    if isinstance(exc, APIStatusError):
+        message = _status_message(exc)
+    elif isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError) and _refused(exc):
+        message = f"no server at {_service_url(exc.url)} — start one with `tinkex serve` or pass --local"
+    elif isinstance(exc, ValidationError) and exc.field == "api_key" and exc.value is None:
+        message = _NO_KEY
+    else:
+        message = _cli_words(str(exc) or type(exc).__name__)
     request_id = getattr(exc, "request_id", None)
     if isinstance(exc, APIError) and request_id and request_id not in message:
         message += f" (request id: {request_id})"
     if "TINKER_API_KEY" in message and "--local" not in message:
         message += " (or pass --local to use a local server)"
     return " ".join(message.split())  # one line, whatever the server wrote
+
+
+def _status_message(exc: APIStatusError) -> str:
+    detail = exc.detail or f"the server answered HTTP {exc.status_code}"
+    message = f"{detail} (HTTP {exc.status_code}"
+    if exc.request_id:
+        message += f", request id: {exc.request_id}"
+    message += ")"
+    hint = _status_hint(exc.status_code, detail)
+    return f"{message} — {hint}" if hint else message
+
+
+def _status_hint(status: int, detail: str) -> Optional[str]:
+    if status in (401, 403):
+        return _AUTH_HINT
+    if 400 <= status < 500 and _UNKNOWN_MODEL.search(detail) and _NOT_KNOWN.search(detail):
+        return _MODELS_HINT
+    return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether nothing listens at the URL: a refused connection anywhere in the error's chain."""
+    seen: set = set()
+    pending: List[Any] = [exc]
+    while pending:
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ConnectionRefusedError):
+            return True
+        pending.extend([error.__cause__, error.__context__, getattr(error, "reason", None), *error.args])
+    text = str(exc)
+    return "refused" in text.lower() or "NewConnectionError" in text
+
+
+def _service_url(url: Optional[str]) -> str:
+    return url.split("/api/v1/", 1)[0] if url else "the configured URL"
+
+
+def _cli_words(message: str) -> str:
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def _report(exc: BaseException, debug: bool) -> int:
@@ -428,7 +567,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     arguments = list(sys.argv[1:] if argv is None else argv)
     served = _serve_arguments(arguments)
     if served is not None:
-        _configure_logging(arguments[:1] == ["--debug"])
+        _configure_serve_logging(arguments[:1] == ["--debug"])
         return _serve(served)
     evaluated = _serve_arguments(arguments, "eval")
     if evaluated is not None:  # lm-eval configures its own logging (--verbosity)
@@ -436,7 +575,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
     parser = build_parser()
     try:
         args = parser.parse_args(arguments)
-        _check_usage(parser, args)
+        _check_usage(vars(args).pop("command_parser", parser), args)
     except SystemExit as exc:  # argparse: --help (0) or bad usage (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     debug = bool(getattr(args, "debug", False))

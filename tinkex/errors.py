@@ -5,7 +5,7 @@ Every error tinkex raises derives from :class:`TinkexError`; ``requests`` and
 
     TinkexError
     ├── APIError                      anything that went wrong talking to the service
-    │   ├── APIStatusError            a non-2xx answer (status_code, body, request_id, retry_after)
+    │   ├── APIStatusError            a non-2xx answer (status_code, body, detail, request_id, retry_after)
     │   │   ├── BadRequestError            400
     │   │   ├── AuthenticationError        401
     │   │   ├── BillingError               402
@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Optional, Type
 
 __all__ = [
@@ -132,6 +133,41 @@ class APIStatusError(APIError):
         self.body = body
         self.retry_after = retry_after
         self.fatal = fatal
+
+    @property
+    def detail(self) -> Optional[str]:
+        """The server's own explanation: the body's ``detail`` (or ``error`` / ``message``) text,
+        else the body itself; None when the body is empty.
+
+        Example:
+            >>> BadRequestError("Error code: 400", status_code=400, body='{"detail": "unknown model"}').detail
+            'unknown model'
+        """
+        text = (self.body or "").strip()
+        if not text:
+            return None
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return text
+        return _detail_of(parsed) or text
+
+
+def _detail_of(parsed: Any) -> Optional[str]:
+    """The human text in a JSON error body: ``{"detail": ...}`` (a string, or a list of
+    ``{"msg": ...}`` items), ``{"error": ...}`` or ``{"message": ...}``."""
+    if not isinstance(parsed, dict):
+        return None
+    for key in ("detail", "error", "message"):
+        value = parsed.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if isinstance(value, dict):
+            return _detail_of(value)
+        if isinstance(value, list) and value:
+            parts = [item.get("msg") if isinstance(item, dict) else item for item in value]
+            return "; ".join(str(part) for part in parts if part)
+    return None
 
 
 class BadRequestError(APIStatusError):

@@ -94,7 +94,8 @@ class QueueStateLogger:
     The identifier is the metadata's ``sampling_session_id``, else ``session_id``, else
     ``"unknown"``; it has one debounce slot whatever the state, so a capacity warning is not
     logged within ``interval`` of a rate-limit one. ``active`` is never logged. The slots live
-    in a bounded TTL cache, so forgotten identifiers cost nothing for long.
+    in a bounded TTL cache, so forgotten identifiers cost nothing for long; each remembers its
+    session, so :meth:`clear` takes either id.
     Thread-safe: one lock guards the cache (reads included, as they expire entries).
 
     Example:
@@ -121,24 +122,38 @@ class QueueStateLogger:
         if state is QueueState.ACTIVE:
             return
         identifier = _identifier(metadata)
-        if not self._claim_slot(identifier):
+        if not self._claim_slot(identifier, metadata.get("session_id")):
             return
         reason = metadata.get("queue_state_reason")
         if not isinstance(reason, str) or not reason:
             reason = default_reason(state, self._action)
         self._logger.warning("%s", format_pause_message(self._action, identifier, reason))
 
-    def _claim_slot(self, identifier: str) -> bool:
+    def _claim_slot(self, identifier: str, session_id: Any = None) -> bool:
         with self._lock:
             if identifier in self._last_logged:
                 return False
-            self._last_logged[identifier] = True
+            self._last_logged[identifier] = str(session_id) if session_id else identifier
             return True
 
     def clear(self, identifier: str) -> None:
-        """Forget ``identifier``'s debounce slot (fine when there is none)."""
+        """Let the next pause warning for ``identifier`` log at once (fine when none is pending).
+
+        Args:
+            identifier: a sampling session id, or a session id, which clears the slot of every
+                sampling session of that session.
+
+        Example:
+            >>> pauses = QueueStateLogger()
+            >>> pauses.on_queue_state_change(QueueState.PAUSED_CAPACITY,
+            ...                              {"session_id": "s", "sampling_session_id": "s:sample:0"})
+            >>> pauses.clear("s")  # the session's id clears its sampling sessions' slots too
+        """
         with self._lock:
             self._last_logged.pop(identifier, None)
+            for slot, session_id in list(self._last_logged.items()):
+                if session_id == identifier:
+                    del self._last_logged[slot]
 
 
 def _takes_metadata(callback: Callable[..., Any]) -> bool:

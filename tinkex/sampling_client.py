@@ -122,6 +122,8 @@ class SamplingClient:
     def _initialise(self) -> None:
         try:
             state, first_seq = self._target.resolve(clone=self._ownership.clone)
+            logger.info("Sampling session %s ready for model %s", state.sampling_session_id,
+                        state.base_model or state.model_path)
             engine = self._build_engine(state, first_seq)
             with self._lock:
                 closed = self._lifecycle is _Lifecycle.CLOSED

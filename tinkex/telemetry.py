@@ -213,6 +213,20 @@ def _scalar(value: Any, secrets: Iterable[str]) -> Any:
     return f"<{type(value).__name__}>"  # a list may hold prompt tokens: never send contents
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """Whether a failure was the caller's: a 4xx other than 408, or a ``user`` category failure.
+
+    Example:
+        >>> from tinkex.errors import BadRequestError, RequestFailedError
+        >>> is_user_error(BadRequestError("bad", status_code=400)), is_user_error(RequestFailedError("x"))
+        (True, False)
+    """
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500 and status != 408:
+        return True
+    return _key(getattr(exc, "category", None)) == "user"
+
+
 def _utc_timestamp(wall: float) -> str:
     moment = datetime.datetime.fromtimestamp(wall, tz=datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -220,6 +234,12 @@ def _utc_timestamp(wall: float) -> str:
 
 class TelemetryReporter:
     """Sends session events in batches to ``POST /api/v1/telemetry`` from a background thread.
+
+    A session's events run from ``SESSION_START`` to the ``SESSION_END`` that :meth:`close`
+    queues (with the session's duration) before its last flush. A failed call is reported by
+    :meth:`exception`: the caller's own mistake (a 4xx other than 408, or a failure the server
+    put in the ``user`` category) as a WARNING ``GENERIC_EVENT`` named ``user_error``, anything
+    else as an ERROR ``UNHANDLED_EXCEPTION``.
 
     Events wait in a bounded queue (excess dropped, with one warning per overflow episode)
     and leave in batches of at most ``batch_size``: every ``flush_interval`` seconds, as soon
@@ -272,6 +292,7 @@ class TelemetryReporter:
         self._failing = False
         self._flush_requested = False
         self._sending = False
+        self._started: Optional[float] = None  # when SESSION_START was queued
 
     def log_event(self, kind: str, *, severity: str = "INFO", **fields: Any) -> None:
         """Queue one event; never blocks, never raises."""
@@ -281,9 +302,11 @@ class TelemetryReporter:
             logger.debug("Telemetry event %s not recorded: %s", kind, exc)
 
     def session_start(self) -> None:
+        self._started = self._clock.monotonic()
         self.log_event("SESSION_START")
 
     def session_end(self, duration_s: float) -> None:
+        self._started = None  # ended: close() does not end it again
         self.log_event("SESSION_END", duration=str(datetime.timedelta(seconds=duration_s)))
 
     def generic_event(self, name: str, data: Mapping[str, Any]) -> None:
@@ -291,7 +314,14 @@ class TelemetryReporter:
         self.log_event("GENERIC_EVENT", event_name=name, event_data=data)
 
     def exception(self, exc: BaseException) -> None:
-        """Queue an ``UNHANDLED_EXCEPTION`` with the type and scrubbed message (no traceback)."""
+        """Report a failed call: a ``user_error`` event for the caller's mistakes, else an
+        ``UNHANDLED_EXCEPTION``; type and scrubbed message only (no traceback)."""
+        if is_user_error(exc):
+            data = {"error_type": type(exc).__name__, "error_message": str(exc),
+                    "status_code": getattr(exc, "status_code", None), "category": getattr(exc, "category", None),
+                    "request_id": getattr(exc, "request_id", None)}
+            self.log_event("GENERIC_EVENT", severity="WARNING", event_name="user_error", event_data=data)
+            return
         self.log_event("UNHANDLED_EXCEPTION", severity="ERROR", error_type=type(exc).__name__,
                        error_message=str(exc))
 
@@ -395,11 +425,16 @@ class TelemetryReporter:
             return self._cond.wait_for(lambda: not self._queue and not self._sending, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (for at most ``timeout`` seconds) and stop the thread; idempotent.
+        """Queue ``SESSION_END`` (after a ``SESSION_START``), send what is queued (for at most
+        ``timeout`` seconds) and stop the thread; idempotent.
 
         A ``send`` already running when the time is up finishes on its own (the thread is a
         daemon, so it never holds up interpreter exit); nothing more is sent after it.
         """
+        with self._cond:
+            started, self._started = self._started, None
+        if started is not None:
+            self.session_end(self._clock.monotonic() - started)
         with self._cond:
             if not self._closing:
                 self._closing = True

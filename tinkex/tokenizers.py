@@ -11,7 +11,7 @@ touches the network. A name is resolved, first match wins:
    (``os.pathsep``-separated), a place to keep tokenizers copied from elsewhere;
 5. the local Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
    ``~/.cache/huggingface/hub``): ``models--<org>--<name>/snapshots/*/tokenizer.json``, as left
-   there by ``huggingface-cli download <org>/<name> tokenizer.json`` or any ``transformers`` load.
+   there by ``hf download <org>/<name> tokenizer.json`` or any ``transformers`` load.
 
 A ``:revision`` suffix on a model name (``org/name:rev``) is stripped before steps 2-5. Loading a
 ``tokenizer.json`` needs the ``tokenizers`` extra (``pip install 'tinkex[tokenizers]'``), imported
@@ -106,10 +106,12 @@ class Tokenizer(Protocol):
 
 
 class TokenizerNotFoundError(ValidationError):
-    """No tokenizer could be found offline for a model.
+    """No tokenizer could be found offline for a model, or a tokenizer path names no file.
 
     Attributes:
-        model: the model name that was looked up.
+        model: the model name (or path) that was looked up.
+        path: for a name that is a path (absolute, ``./``, ``~``, or ending in ``.json``),
+            the path that holds no tokenizer; None for a model name.
 
     Example:
         >>> try:
@@ -119,18 +121,23 @@ class TokenizerNotFoundError(ValidationError):
         acme/no-such-model
     """
 
-    def __init__(self, model: str, searched: Sequence[str] = ()) -> None:
+    def __init__(self, model: str, searched: Sequence[str] = (), *, path: Optional[str] = None) -> None:
+        self.model = model
+        self.path = path
+        if path is not None:
+            what = f"no {_TOKENIZER_FILE} in directory" if os.path.isdir(path) else "tokenizer file not found:"
+            super().__init__(f"{what} {path!r}", field="model", value=model)
+            return
         where = f" (looked in: {'; '.join(searched)})" if searched else ""
         message = (
             f"no tokenizer found for model {model!r}{where}. Provide one in either of two ways: "
             f"register a tokenizer.json with tinkex.tokenizers.register_tokenizer({model!r}, PATH) "
             f"(or put it at <dir>/<model name>/tokenizer.json under a directory listed in "
             f"{TOKENIZER_PATH_ENV}), or place it in the Hugging Face cache, e.g. "
-            f"`huggingface-cli download {normalize_model_name(model) or 'ORG/NAME'} tokenizer.json`. "
+            f"`hf download {normalize_model_name(model) or 'ORG/NAME'} tokenizer.json`. "
             "tinkex never downloads tokenizers itself."
         )
         super().__init__(message, field="model", value=model)
-        self.model = model
 
 
 class _WindowedDecoder:
@@ -432,7 +439,14 @@ def _load(name: str) -> Tokenizer:
     return HuggingFaceTokenizer.from_file(path, name=model)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name only a path would have: absolute, relative to ``.``/``~``, or a ``.json`` file."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.lower().endswith(".json")
+
+
 def _load_found(name: str, model: str) -> Tokenizer:
+    if _looks_like_path(name) and _file_in(os.path.expanduser(name)) is None:
+        raise TokenizerNotFoundError(name, path=os.path.expanduser(name))  # a path: no download advice
     searched: List[str] = []
     path = _find_file(name, searched)
     if path is None:

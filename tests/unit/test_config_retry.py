@@ -128,26 +128,29 @@ def test_retry_config_validates(field: str, value: object) -> None:
     assert info.value.field == field
 
 
-def test_tinker_log_turns_on_tinkex_logging() -> None:
+def test_tinker_log_turns_on_tinkex_logging_and_never_quietens_it() -> None:
     import logging
 
     from tinkex import _logging
 
     logger = logging.getLogger("tinkex")
-    before = (logger.level, list(logger.handlers))
+    urllib3_level = logging.getLogger("urllib3").level
+    before = (logger.level, list(logger.handlers), _logging._handler, _logging._level)
     try:
+        _logging._handler, _logging._level = None, None
         _logging.apply_log_level("nonsense")
         assert logger.level == before[0]
         _logging.apply_log_level("INFO")
         assert logger.level == logging.INFO and any(isinstance(h, logging.StreamHandler) for h in logger.handlers)
         _logging.apply_log_level("debug")
-        assert logger.level == logging.DEBUG and logging.getLogger("urllib3").level == logging.DEBUG
+        assert logger.level == logging.DEBUG
+        _logging.apply_log_level("warning")  # a later client with TINKER_LOG=warning keeps --debug's lines
+        assert logger.level == logging.DEBUG
+        assert logging.getLogger("urllib3").level == urllib3_level  # urllib3 stays below tinkex's lines
+        assert len([h for h in logger.handlers if h not in before[1]]) == 1
     finally:
         logger.setLevel(before[0])
-        logging.getLogger("urllib3").setLevel(logging.NOTSET)
         for handler in list(logger.handlers):
             if handler not in before[1]:
                 logger.removeHandler(handler)
-        for handler in list(logging.getLogger("urllib3").handlers):
-            logging.getLogger("urllib3").removeHandler(handler)
-        _logging._handler = None
+        _logging._handler, _logging._level = before[2], before[3]

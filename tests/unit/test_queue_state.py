@@ -300,3 +300,18 @@ def test_concurrent_identical_reports_reach_the_observer_once() -> None:
     for thread in threads:
         thread.join()
     assert observer.calls == [QueueState.PAUSED_CAPACITY]
+
+
+def test_clear_takes_the_session_id_for_all_its_sampling_sessions(caplog_warnings: pytest.LogCaptureFixture) -> None:
+    logger = QueueStateLogger(clock=Ticker())
+    second = {"session_id": "sess-1", "sampling_session_id": "sess-1:sample:1"}
+    other = {"session_id": "sess-2", "sampling_session_id": "sess-2:sample:0"}
+    for metadata in (META, second, other):
+        logger.on_queue_state_change(QueueState.PAUSED_CAPACITY, metadata)
+    logger.clear("sess-1")
+    for metadata in (META, second, other):
+        logger.on_queue_state_change(QueueState.PAUSED_CAPACITY, metadata)
+    logged = [message.split(".")[0] for message in warnings_of(caplog_warnings)]
+    assert logged == ["Sampling is paused for sess-1:sample:0", "Sampling is paused for sess-1:sample:1",
+                      "Sampling is paused for sess-2:sample:0",
+                      "Sampling is paused for sess-1:sample:0", "Sampling is paused for sess-1:sample:1"]

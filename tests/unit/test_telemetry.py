@@ -12,6 +12,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import attrs
 import pytest
 
+from tinkex import errors
+from tinkex._clock import Clock
 from tinkex.errors import ValidationError
 from tinkex.telemetry import Telemetry, TelemetryReporter
 from tinkex.types import RequestErrorCategory
@@ -248,9 +250,9 @@ def test_close_flushes_stops_the_thread_and_is_idempotent(send: FakeSend, make_r
     reporter.close()
     reporter.close()
     assert not thread.is_alive()
-    assert len(send.events) == 1
+    assert [event["event"] for event in send.events] == ["SESSION_START", "SESSION_END"]
     reporter.session_start()  # after close: dropped quietly
-    assert len(send.events) == 1
+    assert len(send.events) == 2
 
 
 def test_queue_overflow_drops_with_one_warning_per_episode(send: FakeSend, make_reporter: Any,
@@ -294,8 +296,8 @@ def test_close_drain_is_bounded_by_its_timeout(send: FakeSend, make_reporter: An
     send.gate = threading.Event()
     reporter = make_reporter()
     before = set(telemetry_threads())
-    for _ in range(150):
-        reporter.session_start()
+    for n in range(150):
+        reporter.generic_event("step", {"n": n})
     (thread,) = set(telemetry_threads()) - before
     assert send.entered.wait(WAIT)
     reporter.close(timeout=0.05)  # the first batch is stuck in send
@@ -348,3 +350,39 @@ def test_long_messages_are_capped(send: FakeSend, make_reporter: Any) -> None:
     reporter.exception(ValueError("x" * 5000))
     reporter.close()
     assert len(send.events[0]["error_message"]) <= 1001
+
+
+@pytest.mark.parametrize("error, user", [
+    (errors.BadRequestError("bad", status_code=400), True),
+    (errors.NotFoundError("gone", status_code=404), True),
+    (errors.RateLimitError("slow", status_code=429), True),
+    (errors.APIStatusError("late", status_code=408), False),
+    (errors.InternalServerError("boom", status_code=500), False),
+    (errors.RequestFailedError("x", category="user"), True),
+    (errors.RequestFailedError("x", category="server"), False),
+    (errors.APIConnectionError("refused", url="http://x"), False),
+    (ValueError("plain"), False),
+])
+def test_user_errors_are_generic_events_and_the_rest_unhandled(send: FakeSend, make_reporter: Any,
+                                                              error: BaseException, user: bool) -> None:
+    reporter = make_reporter()
+    reporter.exception(error)
+    reporter.close()
+    (event,) = send.events
+    if user:
+        assert (event["event"], event["severity"], event["event_name"]) == ("GENERIC_EVENT", "WARNING", "user_error")
+        assert event["event_data"]["error_type"] == type(error).__name__
+    else:
+        assert (event["event"], event["severity"], event["error_type"]) == ("UNHANDLED_EXCEPTION", "ERROR",
+                                                                           type(error).__name__)
+
+
+def test_close_ends_a_started_session_with_its_duration(send: FakeSend, make_reporter: Any) -> None:
+    now = [100.0]
+    reporter = make_reporter(clock=Clock(monotonic=lambda: now[0], wall=lambda: 0.0))
+    reporter.session_start()
+    now[0] = 102.5
+    reporter.close()
+    reporter.close()
+    assert [(e["event"], e.get("duration")) for e in send.events] == [("SESSION_START", None),
+                                                                      ("SESSION_END", "0:00:02.500000")]

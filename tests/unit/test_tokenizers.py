@@ -231,7 +231,27 @@ def test_unknown_model_error_names_the_model_and_both_remedies() -> None:
     message = str(error)
     assert "'acme/missing:rev'" in message and "register_tokenizer" in message
     assert tk.TOKENIZER_PATH_ENV in message and "Hugging Face cache" in message
-    assert "huggingface-cli download acme/missing tokenizer.json" in message
+    assert "`hf download acme/missing tokenizer.json`" in message and "huggingface-cli" not in message
+
+
+@pytest.mark.parametrize("relative", ["gone/tokenizer.json", "gone/tok.JSON", "dir-without-file"])
+def test_a_path_that_holds_no_tokenizer_says_so(tmp_path: Path, relative: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dir-without-file").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in (str(tmp_path / relative), "./" + relative):
+        with pytest.raises(tk.TokenizerNotFoundError) as caught:
+            tk.get_tokenizer(name)
+        message = str(caught.value)
+        expected = "no tokenizer.json in directory" if relative == "dir-without-file" else "tokenizer file not found:"
+        assert message.startswith(expected) and caught.value.path is not None and relative in message
+        assert "download" not in message and caught.value.model == name
+
+
+def test_a_home_relative_path_is_expanded_in_the_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(tk.TokenizerNotFoundError, match="tokenizer file not found") as caught:
+        tk.get_tokenizer("~/missing/tokenizer.json")
+    assert caught.value.path == str(tmp_path / "missing" / "tokenizer.json")
 
 
 @pytest.mark.parametrize("name", ["", "   ", None, 3])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +58,12 @@ def test_version() -> None:
     assert code == 0 and text.startswith(f"tinkex {__version__} (") and "0.38.0" in text
     code, text = run("version", "--json")
     assert json.loads(text)["tinkex"] == __version__
+
+
+def test_version_flag_prints_what_the_version_command_prints() -> None:
+    done = tinkex_process("--version")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == run("version")[1]
 
 
 def test_local_sample_is_a_one_liner_and_seeded(capsys: pytest.CaptureFixture[str]) -> None:
@@ -151,6 +159,44 @@ def test_bad_usage_exits_2(argv: List[str], capsys: pytest.CaptureFixture[str]) 
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, complaint",
+    [
+        (["sample", "x", "--local", "--temperature", "-1"], "argument --temperature: temperature must be"),
+        (["sample", "x", "--local", "--top-p", "2"], "argument --top-p: "),
+        (["sample", "x", "--local", "--max-tokens", "-1"], "argument --max-tokens: max_tokens must be"),
+        (["sample", "x", "--local", "--top-k", "0"], "argument --top-k: top_k must be"),
+        (["sample", "x", "--local", "--num-samples", "0"], "argument --num-samples: must be at least 1"),
+        (["sample", "x", "--local", "--max-retries", "-1"], "argument --max-retries: must be 0 or more"),
+        (["sample", "x", "--local", "--stream", "--num-samples", "2"], "--stream prints one sequence as text"),
+        (["sample", "x"], "--model is required"),
+        (["logprobs", "x", "--local", "--timeout", "0"], "argument --timeout: must be a positive number"),
+    ],
+)
+def test_invalid_values_exit_2_with_the_subcommand_usage(argv: List[str], complaint: str) -> None:
+    done = tinkex_process(*argv)
+    assert done.returncode == 2, done.stderr
+    usage, *_, last = done.stderr.strip().splitlines()
+    assert usage.startswith(f"usage: tinkex {argv[0]} ")
+    assert last.startswith(f"tinkex {argv[0]}: error: ") and complaint in last, last
+
+
+@pytest.mark.parametrize("command, shown", [
+    ([], ["--debug", "--version"]),
+    (["sample"], ["tokens per sample (default: 100)", "(default: 1.0)", "(default: -1)", "(default: 3)"]),
+    (["logprobs"], ["(default: 3)", "(default: $TINKER_API_KEY"]),
+    (["models"], ["(default: 3)", "(default: $TINKER_BASE_URL"]),
+    (["serve"], ["(default: 8000)", "(default: 127.0.0.1)", "(default: 10.0)", "(default: 4)"]),
+])
+def test_every_help_shows_the_defaults(command: List[str], shown: List[str]) -> None:
+    done = tinkex_process(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # undo argparse's line wrapping
+    for expected in shown:
+        assert expected in text, (expected, done.stdout)
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("--help")[0] == 0
     listed = capsys.readouterr().out
@@ -168,7 +214,49 @@ def last_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 def test_missing_key_is_one_line_naming_the_remedies(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("sample", "x", "--model", "acme/model")[0] == 1
     line = last_error_line(capsys)
-    assert line.startswith("error: ") and "TINKER_API_KEY" in line and "--local" in line
+    assert line == "error: no API key: set TINKER_API_KEY or pass --api-key (or pass --local to use a local server)"
+
+
+def test_a_malformed_key_is_explained_in_the_commands_words(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("models", "--api-key", "sk-123", "--base-url", "http://127.0.0.1:9")[0] == 1
+    line = last_error_line(capsys)
+    assert "The API key must start with the 'tml-' prefix" in line and "pass --api-key" in line
+    assert "api_key" not in line and "sk-123" not in line
+
+
+def test_a_refused_key_shows_the_servers_words_and_what_to_check(fresh_server: Callable[..., LocalServer]) -> None:
+    server = fresh_server(api_keys=["tml-the-right-key"])
+    done = tinkex_process("sample", "x", "--model", "tinkex/echo", "--base-url", server.base_url,
+                          env=subprocess_env(TINKER_API_KEY="tml-a-wrong-key"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: invalid API key (HTTP 401) — check TINKER_API_KEY or --api-key (or pass --local to use a local server)"
+    ]
+    ok = tinkex_process("sample", "ok", "--model", "tinkex/echo", "--max-tokens", "2", "--base-url", server.base_url,
+                        "--api-key", "tml-the-right-key")
+    assert ok.returncode == 0 and ok.stdout == "ok\n", ok.stderr
+
+
+def test_an_unknown_model_points_at_tinkex_models(remote: LocalServer) -> None:
+    done = tinkex_process("sample", "x", "--model", "acme/nope", env=subprocess_env(
+        TINKER_API_KEY=remote.api_key, TINKER_BASE_URL=remote.base_url))
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: unknown base_model 'acme/nope'"), line
+    assert line.endswith("(HTTP 400) — `tinkex models` lists the models this server offers"), line
+    assert "Error code" not in line and "{" not in line
+
+
+def test_no_server_at_the_url_says_how_to_start_one() -> None:
+    with socket.socket() as probe:  # a port nothing listens on: bound, then released
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = tinkex_process("sample", "x", "--model", "m", "--base-url", f"http://127.0.0.1:{port}",
+                          "--max-retries", "0", env=subprocess_env(TINKER_API_KEY="tml-unused"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: no server at http://127.0.0.1:{port} — start one with `tinkex serve` or pass --local"
+    ]
 
 
 def test_unknown_local_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -182,12 +270,19 @@ def test_missing_tokenizer_is_one_line(remote: LocalServer, capsys: pytest.Captu
     assert "no tokenizer found for model 'acme/unknown-tokenizer'" in line and "register_tokenizer" in line
 
 
+def test_a_missing_tokenizer_file_says_file_not_found(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "tokenizer.json"
+    done = tinkex_process("sample", "x", "--local", "--model", "tinkex/echo", "--tokenizer", str(missing))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f"error: tokenizer file not found: {str(missing)!r}"]
+
+
 def test_server_rejection_is_one_line(remote: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tokenizer_json = tmp_path / "tokenizer.json"
     big_vocabulary(tokenizer_json)  # its ids go past the echo model's 258
     assert run("sample", "zz", "--model", "tinkex/echo", "--tokenizer", str(tokenizer_json))[0] == 1
     line = last_error_line(capsys)
-    assert line.startswith("error: Error code: 400") and "vocabulary" in line
+    assert line.startswith("error: ") and "vocabulary" in line and line.endswith("(HTTP 400)")
 
 
 def big_vocabulary(path: Path) -> None:
@@ -216,6 +311,33 @@ def test_debug_prints_the_traceback() -> None:
     assert "Traceback (most recent call last)" in done.stderr and done.stderr.rstrip().splitlines()[-1].startswith(
         "error: "
     )
+
+
+def test_debug_logs_tinkex_lines_and_no_urllib3_noise() -> None:
+    done = tinkex_process("--debug", "sample", "hi", "--local", "--model", "tinkex/echo", "--max-tokens", "2")
+    assert done.returncode == 0, done.stderr
+    assert "urllib3" not in done.stderr
+    logged = done.stderr  # "<time> LEVEL tinkex.<module>: message" lines
+    session = r" INFO tinkex\.[\w.]+: Session sess-\S+ created on http://127\.0\.0\.1:\d+$"
+    assert re.search(session, logged, re.M), logged
+    assert re.search(r" INFO tinkex\.[\w.]+: Sampling session \S+ ready for model tinkex/echo$", logged, re.M), logged
+    calls = re.findall(r" DEBUG tinkex\.[\w.]+: POST asample: 200 in [\d.]+ ms \(request id (\S+)\)$", logged, re.M)
+    assert len(calls) == 1 and calls[0].startswith("req-"), logged
+
+
+def test_tinker_log_info_shows_the_session_and_model_but_no_requests() -> None:
+    done = tinkex_process("sample", "hi", "--local", "--model", "tinkex/echo", "--max-tokens", "2",
+                          env=subprocess_env(TINKER_LOG="info"))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r" INFO tinkex\.[\w.]+: Session sess-", done.stderr), done.stderr
+    assert "ready for model tinkex/echo" in done.stderr
+    assert " DEBUG " not in done.stderr and "urllib3" not in done.stderr
+
+
+def tinkex_process(*argv: str, env: Any = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tinkex ARGV`` to completion."""
+    return subprocess.run([sys.executable, "-m", "tinkex", *argv], capture_output=True, text=True,
+                          env=env or subprocess_env(), timeout=90)
 
 
 # ---------------------------------------------------------------- processes: Ctrl-C and serve

@@ -21,6 +21,7 @@ from requests.cookies import RequestsCookieJar, merge_cookies
 
 from .._clock import SYSTEM_CLOCK, Clock
 from .._config import Config
+from .._logging import LazyRequestId
 from .._policy import Action, HTTPRetryPolicy, Phase, classify, parse_retry_after
 from .._policy import is_bare_400 as _bare_400
 from .._version import __version__
@@ -247,6 +248,7 @@ class Transport:
         taken = 0
         while True:
             call_headers["x-stainless-retry-count"] = str(taken)
+            started = self.clock.monotonic()
             try:
                 response = self._send_once(method, path, payload, call_headers, read_timeout, deadline)
             except APIConnectionError as exc:
@@ -254,6 +256,8 @@ class Transport:
                     raise
                 delay, cause = self.retry_policy.delay(taken, {}, self.clock), "connection"
             else:
+                logger.debug("%s %s: %d in %.1f ms (request id %s)", method, path, response.status, (
+                    self.clock.monotonic() - started) * 1e3, LazyRequestId(payload, response.content, response.headers))
                 action = classify(Phase.HTTP, response.status, response.content, response.headers)
                 if action is not Action.RETRY or taken >= retries:
                     return self._finish(response, check)

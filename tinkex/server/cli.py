@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any, List, Optional, Sequence
 
+from .._help import DefaultsHelpFormatter
 from ..errors import ValidationError
 from .local import LocalServer
 from .model import available_models
@@ -22,7 +23,8 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser(prog: str = "tinkex serve") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Run a local Tinker-compatible sampling server.")
+    parser = argparse.ArgumentParser(prog=prog, description="Run a local Tinker-compatible sampling server.",
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --api-key)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (0 = a free one)")
     parser.add_argument(
