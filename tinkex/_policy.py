@@ -47,6 +47,7 @@ __all__ = [
     "SubmitPolicy",
     "classify",
     "is_bare_400",
+    "is_user_error_status",
     "parse_retry_after",
     "retries_whole_call",
 ]
@@ -169,6 +170,11 @@ _ROWS = {
     Phase.HEARTBEAT: _heartbeat_row,
     Phase.SESSION_CHECK: _session_check_row,
 }
+
+
+def is_user_error_status(status: int) -> bool:
+    """Whether an answer blames the caller (telemetry's ``user_error``, protocol.md 7.9): a 4xx but 408."""
+    return 400 <= status < 500 and status != 408
 
 
 def retries_whole_call(exc: BaseException) -> bool:

@@ -445,12 +445,12 @@ def _serve(arguments: List[str]) -> int:
 def _eval(arguments: List[str], debug: bool) -> int:
     """``tinkex eval``: lm-eval's own command line with the ``tinkex`` model registered."""
     try:
-        from .contrib import lm_eval as backend
+        from .contrib._lm_eval_cli import run as run_lm_eval
     except ImportError as exc:
         print(f"error: tinkex eval needs the lm-eval extra ({exc.name} is missing): pip install 'tinkex[lm-eval]'",
               file=sys.stderr)
         return EXIT_ERROR
-    return _dispatch(lambda _args, _out: backend.main(arguments), argparse.Namespace(), sys.stdout, debug)
+    return _dispatch(lambda _args, _out: run_lm_eval(arguments), argparse.Namespace(), sys.stdout, debug)
 
 
 def _configure_logging(debug: bool) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._policy import is_user_error_status
 from .errors import ValidationError
 
 __all__ = ["Telemetry", "TelemetryReporter", "TelemetrySnapshot"]
@@ -222,7 +223,7 @@ def is_user_error(exc: BaseException) -> bool:
         (True, False)
     """
     status = getattr(exc, "status_code", None)
-    if isinstance(status, int) and 400 <= status < 500 and status != 408:
+    if isinstance(status, int) and is_user_error_status(status):
         return True
     return _key(getattr(exc, "category", None)) == "user"
 

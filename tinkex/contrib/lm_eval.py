@@ -46,7 +46,7 @@ from ..errors import DecodeError, TinkexError, ValidationError
 from ..tokenizers import HuggingFaceTokenizer, Tokenizer, get_tokenizer
 from ._inflight import run_in_flight
 
-__all__ = ["TinkexLM", "EvalRequestError", "RequestFailure", "close_all", "main"]
+__all__ = ["TinkexLM", "EvalRequestError", "RequestFailure", "close_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -442,13 +442,3 @@ def close_all() -> None:
     for model in models:
         model.close()
 
-
-def main(argv: Sequence[str]) -> int:
-    """Run lm-eval's own command line (``lm-eval ARGS``) with the ``tinkex`` model registered.
-
-    Returns:
-        lm-eval's exit code.
-    """
-    from ._lm_eval_cli import run
-
-    return run(argv)
