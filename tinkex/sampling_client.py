@@ -42,7 +42,6 @@ __all__ = ["SamplingClient"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_WORKERS = 256
 _LOGPROB_PARAMS = SamplingParams(max_tokens=1, temperature=1.0, top_k=-1, top_p=1.0)
 
 
@@ -140,9 +139,7 @@ class SamplingClient:
             self._ready.set_exception(exc)
 
     def _build_engine(self, state: Snapshot, first_seq: int) -> _Engine:
-        retry = state.retry_config
-        limit = state.client_config.sample_max_concurrent_requests
-        workers = max(1, min(self._max_workers or DEFAULT_MAX_WORKERS, limit, retry.max_connections or limit))
+        workers = self._workers(state)
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinkex-sample")
         transport = self._holder.transport.derive(pool_size=workers + 4)
         reporter = QueueStateReporter(self._observer, {"session_id": state.session_id,
@@ -152,6 +149,13 @@ class SamplingClient:
         sampler = Sampler(submitter, self._target, self._holder.limits, telemetry=self._telemetry, reporter=reporter,
                           clock=self._clock, seq_ids=itertools.count(first_seq))
         return _Engine(executor=executor, transport=transport, sampler=sampler)
+
+    def _workers(self, state: Snapshot) -> int:
+        """In default mode each in-flight sample holds a worker for its whole life, so the worker cap is the
+        in-flight limit: the server's ``sample_max_concurrent_requests`` (2,000 by default), lowered by
+        ``max_workers`` or ``RetryConfig.max_connections``. The pool starts threads only as samples need them."""
+        limit = state.client_config.sample_max_concurrent_requests
+        return max(1, min(self._max_workers or limit, limit, state.retry_config.max_connections or limit))
 
     @classmethod
     def create_async(cls, service: Any, **kwargs: Any) -> Future[SamplingClient]:
@@ -232,7 +236,7 @@ class SamplingClient:
         engine, state = self._running()
         call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
                           deadline=_deadline(timeout, self._clock), sdk_method=method)
-        future = SampleFuture(call.cancel)
+        future = SampleFuture(call.cancel, on_cancel=call.cancel_now)
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)

@@ -9,5 +9,6 @@ transport; :class:`FakeTransport` is the in-memory one unit tests drive the loop
 from .fake import FakeCall, FakeTransport
 from .sse import EventStream
 from .transport import Response, Sender, Transport
+from .watchdog import Abort
 
-__all__ = ["EventStream", "FakeCall", "FakeTransport", "Response", "Sender", "Transport"]
+__all__ = ["Abort", "EventStream", "FakeCall", "FakeTransport", "Response", "Sender", "Transport"]

@@ -30,7 +30,7 @@ from ..errors import APIConnectionError, APIStatusError, APITimeoutError, Tinkex
 from .errors import LIBRARY_ERRORS, library_error
 from .pool import REDIRECTS, TrackingAdapter, UrlOnly
 from .sse import EventStream
-from .watchdog import DeadlineWatchdog
+from .watchdog import Abort, DeadlineWatchdog, abortable
 
 __all__ = ["Response", "Sender", "Transport", "USER_AGENT"]
 
@@ -77,7 +77,7 @@ class Sender(Protocol):
     def request(
         self, method: str, path: str, *, body: Any = None, read_timeout: Optional[float] = None,
         max_retries: Optional[int] = None, headers: Optional[Mapping[str, str]] = None,
-        deadline: Optional[float] = None, check: bool = True,
+        deadline: Optional[float] = None, check: bool = True, abort: Optional[Abort] = None,
     ) -> Response: ...
 
     def open_stream(
@@ -224,6 +224,7 @@ class Transport:
         headers: Optional[Mapping[str, str]] = None,
         deadline: Optional[float] = None,
         check: bool = True,
+        abort: Optional[Abort] = None,
     ) -> Response:
         """Send one logical call, resending it on retryable failures (same idempotency key).
 
@@ -237,6 +238,7 @@ class Transport:
             deadline: a ``clock.monotonic()`` instant after which the call fails with
                 :class:`APITimeoutError`.
             check: raise the typed status error on a non-2xx answer (else return it).
+            abort: lets another thread cut this call at once (:class:`~tinkex._http.watchdog.Abort`).
 
         Raises:
             APIStatusError: a non-2xx answer (when ``check``), subclass by status.
@@ -250,7 +252,10 @@ class Transport:
             call_headers["x-stainless-retry-count"] = str(taken)
             started = self.clock.monotonic()
             try:
-                response = self._send_once(method, path, payload, call_headers, read_timeout, deadline)
+                if abort is not None and abort.aborted:
+                    raise APIConnectionError(f"{method} {self.url(path)} was aborted", url=self.url(path))
+                with abortable(abort):
+                    response = self._send_once(method, path, payload, call_headers, read_timeout, deadline)
             except APIConnectionError as exc:
                 if taken >= retries or isinstance(exc, _DeadlineExceeded):
                     raise

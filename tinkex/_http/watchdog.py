@@ -19,16 +19,76 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-__all__ = ["DeadlineWatchdog", "watch_connection", "shutdown_connection"]
+__all__ = ["Abort", "DeadlineWatchdog", "abortable", "watch_connection", "shutdown_connection"]
 
-_call = threading.local()  # the watchdog and deadline of the call running on this thread, if any
+_call = threading.local()  # the watchdog, deadline and abort handle of the call running on this thread, if any
 
 
 def watch_connection(conn: Any) -> None:
-    """Register ``conn`` with the deadline of the call running on this thread (no-op without one)."""
+    """Register ``conn`` with the deadline and abort handle of the call running on this thread (if any)."""
     watchdog: Optional[DeadlineWatchdog] = getattr(_call, "watchdog", None)
     if watchdog is not None:
         _call.tokens.append(watchdog.arm(conn, _call.deadline))
+    abort: Optional[Abort] = getattr(_call, "abort", None)
+    if abort is not None:
+        abort.attach(conn)
+
+
+class Abort:
+    """Lets any thread cut, at once, the HTTP calls another thread makes on behalf of one task.
+
+    A sample's worker blocks for up to the server's poll hold (10 s) in a ``retrieve_future``
+    read; when its future is cancelled, :meth:`abort` shuts that read's socket down so the
+    worker unwinds now, not when the server answers. Calls made after :meth:`abort` fail as
+    soon as they connect. Connections are only attached while a call runs inside
+    :func:`abortable`, so a connection back in the pool is never cut.
+
+    Thread-safety: one lock guards the attached connections and the aborted flag; shutting a
+    socket down happens under it, so a connection being detached is never cut.
+
+    Example:
+        >>> handle = Abort()
+        >>> handle.abort(); handle.aborted
+        True
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: List[Any] = []
+        self.aborted = False
+
+    def attach(self, conn: Any) -> None:
+        with self._lock:
+            if self.aborted:
+                shutdown_connection(conn)
+            else:
+                self._connections.append(conn)
+
+    def detach_all(self) -> None:
+        with self._lock:
+            self._connections.clear()
+
+    def abort(self) -> None:
+        """Cut every call running under this handle, and every later one; idempotent."""
+        with self._lock:
+            self.aborted = True
+            for conn in self._connections:
+                shutdown_connection(conn)
+            self._connections.clear()
+
+
+@contextmanager
+def abortable(abort: Optional[Abort]) -> Iterator[None]:
+    """Connections this thread sends on inside the block can be cut by ``abort``."""
+    if abort is None:
+        yield
+        return
+    _call.abort = abort
+    try:
+        yield
+    finally:
+        _call.abort = None
+        abort.detach_all()
 
 
 class DeadlineWatchdog:

@@ -136,7 +136,7 @@ class Sampler:
             on_queue_state=lambda qs, reason: self.reporter.report(qs, reason, request_id),
             on_event=self._on_poll_event,
             reserve_bytes=lambda n: budget.hold(n, stop=self.stop, deadline=call.deadline, clock=self.clock),
-            billing_window=state.billing_window, watchdog=lambda: self._check_progress(state),
+            billing_window=state.billing_window, abort=call.abort, watchdog=lambda: self._check_progress(state),
         )
 
     def _on_poll_event(self, event: str) -> None:

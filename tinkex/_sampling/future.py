@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 __all__ = ["Cancelled", "Final", "SampleFuture"]
 
@@ -43,13 +43,15 @@ class SampleFuture(Future):
         (True, True)
     """
 
-    def __init__(self, cancel_event: Optional[threading.Event] = None) -> None:
+    def __init__(self, cancel_event: Optional[threading.Event] = None,
+                 on_cancel: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
         self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
+        self._on_cancel = on_cancel  # cuts the running sample's HTTP call at once
 
     def cancel(self) -> bool:
         if super().cancel():
-            self.cancel_event.set()
+            self._stop_work()
             return True
         with self._condition:
             if self._state != RUNNING:
@@ -59,8 +61,14 @@ class SampleFuture(Future):
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
             self._condition.notify_all()
+        self._stop_work()
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
+
+    def _stop_work(self) -> None:
+        self.cancel_event.set()
+        if self._on_cancel is not None:
+            self._on_cancel()
 
     def _cancelled_state(self) -> bool:
         return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import attrs
 
 from .._clock import Clock
-from .._http import Response, Sender
+from .._http import Abort, Response, Sender
 from .._http.transport import BODY_EXCERPT_CHARS
 from .._policy import Action, Phase, PollPolicy, classify
 from .._wire import codec
@@ -63,6 +63,7 @@ class PollContext:
     on_event: Callable[[str], None]
     reserve_bytes: Callable[[int], Any]
     billing_window: float = 3600.0
+    abort: Optional[Abort] = None
     watchdog: Callable[[], None] = lambda: None
     headers: Mapping[str, str] = attrs.field(factory=dict)
     request_type: str = "Sample"
@@ -154,7 +155,7 @@ def _send_poll(ctx: PollContext, request_id: str, state: _PollState) -> Response
     body = FutureRetrieveRequest(request_id=request_id, allow_metadata_only=state.allow_metadata_only)
     return ctx.transport.request(
         "POST", "retrieve_future", body=body, read_timeout=ctx.policy.read_timeout,
-        max_retries=0, headers=headers, deadline=ctx.deadline, check=False,
+        max_retries=0, headers=headers, deadline=ctx.deadline, check=False, abort=ctx.abort,
     )
 
 

@@ -63,7 +63,7 @@ class Submitter:
         with self.limits.dispatch.admit(call.estimated_bytes, stop=self.stop, deadline=call.deadline):
             response = self.resend_until_ok(state, call, lambda: self.transport.request(
                 "POST", "asample", body=payload, max_retries=0, headers=headers, deadline=call.deadline,
-                check=False,
+                check=False, abort=call.abort,
             ))
         assert isinstance(response, Response)
         return decode_promise(response)

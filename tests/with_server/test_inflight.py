@@ -1,0 +1,78 @@
+"""Samples in flight at a realistic latency: capacity beyond any thread constant, and instant cancel."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from typing import Callable
+
+import pytest
+
+import tinkex
+from tinkex import types
+from tinkex.server import LocalServer
+from tinkex.server.model import ECHO_MODEL
+
+PROMPT = types.ModelInput.from_ints([1, 2, 3])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_more_samples_in_flight_than_the_former_thread_cap(fresh_server: Callable[..., LocalServer]) -> None:
+    """600 samples of 1.5 s each finish in about one latency: all were in flight at once (the old
+    pool stopped at 256 workers, which needs three rounds)."""
+    server = fresh_server(models=(ECHO_MODEL,), token_delay_ms=150, poll_hold_s=10,
+                          max_concurrent_generations=2000)
+    with tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url) as service:
+        client = service.create_sampling_client(base_model=ECHO_MODEL)
+        params = types.SamplingParams(max_tokens=10, seed=1)
+        started = time.monotonic()
+        futures = [client.sample(PROMPT, 1, params) for _ in range(600)]
+        results = [future.result(60) for future in futures]
+        elapsed = time.monotonic() - started
+        workers = [t for t in threading.enumerate() if t.name.startswith("tinkex-sample")]
+    assert all(len(r.sequences[0].tokens) == 10 for r in results)
+    assert len(workers) > 256
+    assert elapsed < 3 * 1.5, f"600 samples took {elapsed:.1f} s: they were not all in flight"
+
+
+def test_max_workers_still_caps_in_flight(fresh_server: Callable[..., LocalServer]) -> None:
+    server = fresh_server(models=(ECHO_MODEL,), token_delay_ms=100, poll_hold_s=10)
+    with tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url) as service:
+        client = service.create_sampling_client(base_model=ECHO_MODEL, max_workers=2)
+        futures = [client.sample(PROMPT, 1, types.SamplingParams(max_tokens=3)) for _ in range(6)]
+        concurrent.futures.wait(futures, 30)
+        workers = [t for t in threading.enumerate() if t.name.startswith("tinkex-sample")]
+    assert all(f.exception() is None for f in futures)
+    assert len(workers) <= 2
+
+
+@pytest.mark.parametrize("how", ["cancel", "close"])
+def test_cancel_reaches_the_server_within_half_a_second_while_a_poll_is_held(
+        fresh_server: Callable[..., LocalServer], how: str) -> None:
+    server = fresh_server(models=(ECHO_MODEL,), token_delay_ms=100, poll_hold_s=10,
+                          dynamic_config={"sample_cancel_enabled": True})
+    service = tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url)
+    client = service.create_sampling_client(base_model=ECHO_MODEL, max_workers=1)
+    future = client.sample(PROMPT, 1, types.SamplingParams(max_tokens=300, seed=1))  # ~30 s of decoding
+    wait_until(lambda: server.stats()["requests"].get("retrieve_future", 0) >= 1)
+    time.sleep(0.3)  # the poll is now held by the server (for up to 10 s)
+    started = time.monotonic()
+    if how == "cancel":
+        assert future.cancel()
+    else:
+        service.close()
+    wait_until(lambda: server.stats()["cancels"] >= 1, timeout=5)
+    assert time.monotonic() - started < 0.5
+    assert future.cancelled()
+    if how == "cancel":  # the only worker is free at once: the next sample runs now, not after the hold
+        quick = client.sample(PROMPT, 1, types.SamplingParams(max_tokens=2))
+        assert len(quick.result(3).sequences[0].tokens) == 2
+        assert time.monotonic() - started < 3
+    service.close()
