@@ -8,6 +8,7 @@ state (initialising → ready/failed → closed) changed under one lock.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import logging
 import threading
@@ -23,12 +24,13 @@ from ._http import Transport
 from ._limits import estimate_bytes
 from ._policy import PollPolicy, RetryConfig
 from ._sampling.call import Sampler
+from ._sampling.detached import DetachedRun
 from ._sampling.future import Cancelled, SampleFuture
 from ._sampling.pickling import Ownership, reduce_payload, restore_sampling_client
 from ._sampling.snapshot import SampleCall, Snapshot
 from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
 from ._sampling.submit import Submitter
-from ._sampling.target import SamplingTarget, TargetSpec
+from ._sampling.target import CLONE_SEQ_STRIDE, SamplingTarget, TargetSpec
 from ._session import Holder
 from .errors import ClientClosedError, TinkexError, ValidationError
 from .queue_state import QueueStateLogger, QueueStateReporter
@@ -61,6 +63,7 @@ class _Engine:
     sampler: Sampler
 
     def close(self) -> None:
+        self.sampler.close_pollers()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.transport.close()  # aborts reads still blocked, so the workers unwind now
 
@@ -147,7 +150,8 @@ class SamplingClient:
         submitter = Submitter(transport, self._holder.limits, telemetry=self._telemetry, clock=self._clock,
                               reporter=reporter)
         sampler = Sampler(submitter, self._target, self._holder.limits, telemetry=self._telemetry, reporter=reporter,
-                          clock=self._clock, seq_ids=itertools.count(first_seq))
+                          clock=self._clock, seq_ids=itertools.count(first_seq),
+                          clone_id=first_seq // CLONE_SEQ_STRIDE)
         return _Engine(executor=executor, transport=transport, sampler=sampler)
 
     def _workers(self, state: Snapshot) -> int:
@@ -241,7 +245,7 @@ class SamplingClient:
             self._pending.add(future)
         future.add_done_callback(self._forget)
         try:
-            engine.executor.submit(self._run, engine.sampler, future, call, finish, state)
+            engine.executor.submit(self._run, engine, future, call, finish, state)
         except RuntimeError:  # the pool shut down between the closed check and here
             future.cancel()
             raise ClientClosedError("this SamplingClient is closed") from None
@@ -251,19 +255,31 @@ class SamplingClient:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _run(self, sampler: Sampler, future: SampleFuture, call: SampleCall,
+    def _run(self, engine: _Engine, future: SampleFuture, call: SampleCall,
              finish: Optional[Callable[[SampleResponse], Any]], state: Snapshot) -> None:
         if not future.set_running_or_notify_cancel():
             return
-        started = self._clock.monotonic()
+        settle = functools.partial(self._settle, engine.sampler, future, finish, state, self._clock.monotonic())
+        if state.client_config.sample_use_retrieve_futures:  # poller mode: no thread held while waiting
+            DetachedRun(engine.sampler, state, call, settle, lambda task: engine.executor.submit(task)).start()
+            return
         try:
-            result = sampler.execute(state, call)
-        except Cancelled as cancelled:
-            self._telemetry.record("cancelled")
-            sampler.cancel_remote(cancelled.request_id, state)
+            result = engine.sampler.execute(state, call)
         except BaseException as exc:  # every failure reaches the future; nothing is swallowed
-            self._record_failure(exc)
-            future.set_exception(redact_error(exc, self._holder.config.api_key))
+            settle(None, exc)
+        else:
+            settle(result, None)
+
+    def _settle(self, sampler: Sampler, future: SampleFuture, finish: Optional[Callable[[SampleResponse], Any]],
+                state: Snapshot, started: float, result: Optional[SampleResponse], error: Optional[BaseException],
+                ) -> None:
+        if isinstance(error, Cancelled):
+            self._telemetry.record("cancelled")
+            sampler.cancel_remote(error.request_id, state)
+        elif error is not None or result is None:
+            error = error or ValidationError("a sample ended without a result", field="result", value=None)
+            self._record_failure(error)
+            future.set_exception(redact_error(error, self._holder.config.api_key))
         else:
             self._telemetry.record("completed", latency=self._clock.monotonic() - started)
             future.set_result(finish(result) if finish is not None else result)

@@ -55,7 +55,16 @@ class Abort:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connections: List[Any] = []
+        self._callbacks: List[Callable[[], None]] = []
         self.aborted = False
+
+    def on_abort(self, callback: Callable[[], None]) -> None:
+        """Also call ``callback`` when aborted (at once if already aborted); for work that is not an HTTP call."""
+        with self._lock:
+            if not self.aborted:
+                self._callbacks.append(callback)
+                return
+        callback()
 
     def attach(self, conn: Any) -> None:
         with self._lock:
@@ -71,10 +80,15 @@ class Abort:
     def abort(self) -> None:
         """Cut every call running under this handle, and every later one; idempotent."""
         with self._lock:
+            if self.aborted:
+                return
             self.aborted = True
             for conn in self._connections:
                 shutdown_connection(conn)
             self._connections.clear()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 @contextmanager

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterator, Optional, Set
+from typing import Dict, Iterator, Optional, Set
+
+import attrs
 
 from .._clock import Clock
 from .._limits import SessionLimits
@@ -20,6 +22,7 @@ from ..errors import (
     APIConnectionError,
     APITimeoutError,
     BadRequestError,
+    ClientClosedError,
     NotFoundError,
     TinkexError,
 )
@@ -28,6 +31,7 @@ from ..telemetry import Telemetry
 from ..types import CancelFutureRequest, SampleResponse
 from .future import Final
 from .poll import PollContext, poll_result
+from .poller import CompletionPoller
 from .snapshot import SampleCall, Snapshot
 from .submit import Submitter
 from .target import SamplingTarget
@@ -37,6 +41,18 @@ __all__ = ["Sampler", "MAX_SESSION_RECOVERIES"]
 logger = logging.getLogger(__name__)
 
 MAX_SESSION_RECOVERIES = 3  # per call: a server that forgets on every request is not retried forever
+
+
+@attrs.define
+class Progress:
+    """Where one call stands: the snapshot it runs on, attempts made, sessions re-created.
+
+    Not thread-safe: one call's loop (or, in poller mode, its chain of tasks) owns it.
+    """
+
+    state: Snapshot
+    attempt: int = 0
+    recoveries: int = 0
 
 
 class Sampler:
@@ -49,7 +65,7 @@ class Sampler:
 
     def __init__(
         self, submitter: Submitter, target: SamplingTarget, limits: SessionLimits, *, telemetry: Telemetry,
-        reporter: QueueStateReporter, clock: Clock, seq_ids: Iterator[int],
+        reporter: QueueStateReporter, clock: Clock, seq_ids: Iterator[int], clone_id: int = 0,
     ) -> None:
         self.submitter = submitter
         self.transport = submitter.transport
@@ -61,29 +77,55 @@ class Sampler:
         self.clock = clock
         self.seq_ids = seq_ids
         self.last_progress = clock.monotonic()
+        self.clone_id = clone_id
         self._polling: Set[str] = set()
-        self._polling_lock = threading.Lock()  # guards _polling: the requests close() cancels on the server
+        self._polling_lock = threading.Lock()  # guards _polling and _pollers
+        self._pollers: Dict[str, CompletionPoller] = {}
+        self._closed = False
+
+    def poller_for(self, state: Snapshot) -> CompletionPoller:
+        """Poller mode: the one completion poller of ``state``'s sampling session (and this clone)."""
+        with self._polling_lock:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
+            poller = self._pollers.get(state.sampling_session_id)
+            if poller is None:
+                poller = self._pollers[state.sampling_session_id] = CompletionPoller(
+                    self.transport, state.sampling_session_id, self.clone_id, clock=self.clock,
+                    policy=state.poll_policy, billing_window=state.billing_window)
+            return poller
+
+    def close_pollers(self) -> None:
+        """Stop every completion poller; idempotent."""
+        with self._polling_lock:
+            self._closed = True
+            pollers = list(self._pollers.values())
+        for poller in pollers:
+            poller.close()
 
     def execute(self, state: Snapshot, call: SampleCall) -> SampleResponse:
         """Run the call with whole-call retries (a new seq_id per attempt), starting on ``state``."""
-        attempt = recoveries = 0
+        progress = Progress(state)
         while True:
             try:
-                result = self._attempt(state, call, next(self.seq_ids))
+                result = self._attempt(progress.state, call, next(self.seq_ids))
                 self.last_progress = self.clock.monotonic()
                 return result
             except Final as final:
-                error = final.error
-                retryable = False
+                self.after_failure(progress, call, final.error, retryable=False)
             except TinkexError as exc:
-                error, retryable = exc, retries_whole_call(exc)
-            if recoveries < MAX_SESSION_RECOVERIES and isinstance(error, TinkexError):
-                newer = self._recovered(state, error)
-                if newer is not None:
-                    state, recoveries = newer, recoveries + 1
-                    continue
-            attempt += 1
-            self._before_retry(state, call, error, attempt, retryable)
+                self.after_failure(progress, call, exc, retryable=retries_whole_call(exc))
+
+    def after_failure(self, progress: Progress, call: SampleCall, error: BaseException, *, retryable: bool) -> None:
+        """What follows a failed attempt: a re-created session (go on at once), the whole-call delay
+        (slept here), or ``error`` raised when the call is over."""
+        if progress.recoveries < MAX_SESSION_RECOVERIES and isinstance(error, TinkexError):
+            newer = self._recovered(progress.state, error)
+            if newer is not None:
+                progress.state, progress.recoveries = newer, progress.recoveries + 1
+                return
+        progress.attempt += 1
+        self._before_retry(progress.state, call, error, progress.attempt, retryable)
 
     def _recovered(self, state: Snapshot, exc: TinkexError) -> Optional[Snapshot]:
         """A 400 from asample or a 404 from a poll can mean the server forgot the sampling session
@@ -121,14 +163,15 @@ class Sampler:
         with self._polling_lock:
             self._polling.add(request_id)
         try:
-            result = poll_result(self._poll_context(state, call, request_id), request_id)
+            result = poll_result(self.poll_context(state, call, request_id), request_id)
         finally:
             with self._polling_lock:
                 self._polling.discard(request_id)
             self.reporter.forget(request_id)
         return result.with_sequence_ids(answer.sample_sequence_ids or ())
 
-    def _poll_context(self, state: Snapshot, call: SampleCall, request_id: str) -> PollContext:
+    def poll_context(self, state: Snapshot, call: SampleCall, request_id: str, *,
+                     allow_metadata_only: bool = True) -> PollContext:
         budget = self.limits.response_budget
         return PollContext(
             transport=self.transport, clock=self.clock, policy=state.poll_policy,
@@ -137,6 +180,7 @@ class Sampler:
             on_event=self._on_poll_event,
             reserve_bytes=lambda n: budget.hold(n, stop=self.stop, deadline=call.deadline, clock=self.clock),
             billing_window=state.billing_window, abort=call.abort, watchdog=lambda: self._check_progress(state),
+            allow_metadata_only=allow_metadata_only,
         )
 
     def _on_poll_event(self, event: str) -> None:

@@ -64,6 +64,7 @@ class PollContext:
     reserve_bytes: Callable[[int], Any]
     billing_window: float = 3600.0
     abort: Optional[Abort] = None
+    allow_metadata_only: bool = True  # False in poller mode once the size is known (protocol.md 4.10)
     watchdog: Callable[[], None] = lambda: None
     headers: Mapping[str, str] = attrs.field(factory=dict)
     request_type: str = "Sample"
@@ -90,7 +91,8 @@ def poll_result(ctx: PollContext, request_id: str) -> SampleResponse:
         APITimeoutError: the deadline passed.
         Final: wraps an answer nothing may retry (a fatal status, a failed request).
     """
-    state = _PollState(billing=BillingPause(ctx.billing_window, ctx.clock))
+    state = _PollState(billing=BillingPause(ctx.billing_window, ctx.clock),
+                       allow_metadata_only=ctx.allow_metadata_only)
     with ExitStack() as reservations:
         while True:
             _check_interrupts(ctx, request_id, state)
