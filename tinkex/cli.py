@@ -17,7 +17,7 @@ Exit codes: 0 success; 1 an error (one line on stderr, with the request id when 
 ``--debug`` adds the traceback and debug logging); 2 bad usage; 130 interrupted by Ctrl-C
 (in-flight work is cancelled and the session closed first).
 
-Other modules may add subcommands: ``tinkex._batch_cli`` (when present) provides
+Other modules may add subcommands: ``tinkex.batch.cli`` (when present) provides
 ``add_parser(subparsers)`` and ``run(args) -> int``, and can reuse :func:`add_connection_arguments`
 and :func:`open_service` for the ``--local`` / ``--base-url`` behaviour.
 """
@@ -61,7 +61,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOCAL_DEFAULT_MODEL = "tinkex/ngram-small"
 CLI_MAX_RETRIES = 3  # an unreachable server is reported in seconds, not after the library's minute of retries
 PROTOCOL_REFERENCE = "0.38.0"  # the official tinker SDK version protocol.md was checked against
-_BATCH_MODULE = "tinkex._batch_cli"
+_BATCH_MODULE = "tinkex.batch.cli"
 
 
 class CLIError(Exception):
@@ -170,7 +170,7 @@ def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def _register_batch(commands: Any) -> None:
-    """``tinkex batch``, provided by ``tinkex._batch_cli`` when that module is installed."""
+    """``tinkex batch``, provided by ``tinkex.batch.cli`` when that module is installed."""
     if importlib.util.find_spec(_BATCH_MODULE) is None:
         return
     module = importlib.import_module(_BATCH_MODULE)

@@ -247,7 +247,7 @@ def test_ctrl_c_with_worker_processes_stops_quickly_and_resumes(fresh_server: Ca
 
 def test_one_run_at_a_time_per_output_and_never_into_the_input(keyed: LocalServer, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from tinkex._batch_io import OutputFile
+    from tinkex.batch._io import OutputFile
 
     source = write_lines(tmp_path / "in.jsonl", prompts(3))
     out = tmp_path / "out.jsonl"

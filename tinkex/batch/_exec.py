@@ -23,8 +23,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import attrs
 import cachetools
 
-from .errors import TinkexError, ValidationError
-from .types import ModelInput, SamplingParams
+from ..errors import TinkexError, ValidationError
+from ..types import ModelInput, SamplingParams
+from ._progress import NoProgress
 
 __all__ = ["BatchItem", "BatchWorkerError", "ChunkJob", "ThreadBackend", "ChunkBackend", "drive", "run_chunk",
            "pool_adapter"]
@@ -378,8 +379,6 @@ def run_chunk(blob: bytes, items: Sequence[Any], job: ChunkJob) -> List[Outcome]
     """Sample one chunk in a worker process; failures come back as (picklable) exceptions."""
     client = _worker_client(blob)
     backend = ThreadBackend(client, job)
-    from ._batch_progress import NoProgress
-
     pairs = drive(backend, items, max_in_flight=max(1, len(items)), ordered=True, on_error="record",
                   progress=NoProgress())
     return [_picklable(outcome) for _, outcome in pairs]

@@ -22,14 +22,14 @@ from typing import Any, Dict, Iterator, Optional, Set, Tuple, Union
 
 import attrs
 
-from ._batch_exec import BatchItem
-from .errors import DecodeError, TinkexError, ValidationError
-from .types import SamplingParams
+from ..errors import DecodeError, TinkexError, ValidationError
+from ..types import SamplingParams
+from ._exec import BatchItem
 
 __all__ = ["KeySet", "InputLine", "BadLine", "OutputFile", "plan_lines", "error_record", "Renderer",
            "count_lines"]
 
-logger = logging.getLogger("tinkex.batch")
+logger = logging.getLogger(__name__)
 
 _OVERRIDES = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
 _ERROR_ATTRIBUTES = ("field", "status_code", "request_id", "category", "retry_after")
@@ -330,7 +330,7 @@ class Renderer:
         if self.tokenizer_name is None:
             return None
         if self._tokenizer is None:
-            from .tokenizers import get_tokenizer
+            from ..tokenizers import get_tokenizer
 
             self._tokenizer = get_tokenizer(self.tokenizer_name)
         return self._tokenizer.decode(tokens)

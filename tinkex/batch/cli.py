@@ -34,8 +34,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterator
 
-from .batch import BatchSummary, _check_paths, run_batch
-from .cli import (
+from ..cli import (
     CLIError,
     _add_model_arguments,
     _add_sampling_arguments,
@@ -44,7 +43,8 @@ from .cli import (
     _sampling_params,
     add_connection_arguments,
 )
-from .service_client import ServiceClient
+from ..service_client import ServiceClient
+from ._run import BatchSummary, check_paths, run_batch
 
 __all__ = ["add_parser", "run"]
 
@@ -65,7 +65,7 @@ def add_parser(subparsers: Any) -> None:
     """Register ``batch`` on the ``tinkex`` command's subparsers."""
     parser = subparsers.add_parser(
         "batch", parents=[_common_parent()], help="sample every prompt of a JSONL file into another, resumably",
-        description=__doc__.split("\n\n")[0], epilog="Line formats: see `pydoc tinkex._batch_cli`.",
+        description=__doc__.split("\n\n")[0], epilog="Line formats: see `pydoc tinkex.batch.cli`.",
     )
     parser.add_argument("input", metavar="IN.jsonl", help="prompts, one JSON object per line")
     parser.add_argument("output", metavar="OUT.jsonl", help="results are appended here; existing ids are skipped")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print("tinkex batch: error: give --processes or --dask-scheduler, not both", file=sys.stderr)
         return EXIT_USAGE
     params = _sampling_params(args)
-    _check_paths(args.input, args.output)  # before any server or session starts
+    check_paths(args.input, args.output)  # before any server or session starts
     send_key = bool(args.processes or args.local or (args.dask_scheduler and args.send_api_key))
     with _service(args, send_key) as service, _executor(args) as executor:
         client = _sampling_client(service, args)
@@ -120,7 +120,7 @@ def _service(args: argparse.Namespace, pickle_api_key: bool) -> Iterator[Service
 
 def _local_server(model: str) -> Any:
     try:
-        from .server import LocalServer
+        from ..server import LocalServer
     except ImportError as exc:
         raise CLIError(f"--local needs the server extra ({exc.name} is missing): "
                        "pip install 'tinkex[server]'") from None
