@@ -32,21 +32,15 @@ import multiprocessing
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence, Type
 
-from ..cli import (
-    CLIError,
-    _add_model_arguments,
-    _add_sampling_arguments,
-    _common_parent,
-    _sampling_client,
-    _sampling_params,
-    add_connection_arguments,
-)
+import attrs
+
 from ..service_client import ServiceClient
+from ..types import SamplingParams
 from ._run import BatchSummary, check_paths, run_batch
 
-__all__ = ["add_parser", "run"]
+__all__ = ["CommandParts", "add_parser", "run"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -61,16 +55,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register ``batch`` on the ``tinkex`` command's subparsers."""
+@attrs.frozen
+class CommandParts:
+    """What the ``tinkex`` command lends ``tinkex batch``, so this module never imports :mod:`tinkex.cli`.
+
+    Attributes:
+        parent: the parser holding the options every subcommand shares (``--debug``, ``--json``).
+        option_groups: functions adding shared options to a parser (model, sampling, connection).
+        sampling_params: the SamplingParams the sampling options describe.
+        sampling_client: a SamplingClient for ``--model`` on a ServiceClient.
+        local_server: the ``--local`` server (a context manager) for a list of models.
+        error: the exception the command reports in one line (e.g. a missing extra).
+
+    Example:
+        >>> import argparse
+        >>> parts = CommandParts(argparse.ArgumentParser(add_help=False), (), lambda a: None,
+        ...                      lambda s, a: None, lambda models: None, RuntimeError)
+        >>> parts.error.__name__
+        'RuntimeError'
+    """
+
+    parent: argparse.ArgumentParser
+    option_groups: Sequence[Callable[[argparse.ArgumentParser], None]]
+    sampling_params: Callable[[argparse.Namespace], SamplingParams]
+    sampling_client: Callable[[ServiceClient, argparse.Namespace], Any]
+    local_server: Callable[[Sequence[str]], Any]
+    error: Type[Exception]
+
+
+def add_parser(subparsers: Any, parts: CommandParts) -> None:
+    """Register ``batch`` on the ``tinkex`` command's subparsers; its handler is ``run(args, parts)``."""
     parser = subparsers.add_parser(
-        "batch", parents=[_common_parent()], help="sample every prompt of a JSONL file into another, resumably",
+        "batch", parents=[parts.parent], help="sample every prompt of a JSONL file into another, resumably",
         description=__doc__.split("\n\n")[0], epilog="Line formats: see `pydoc tinkex.batch.cli`.",
     )
     parser.add_argument("input", metavar="IN.jsonl", help="prompts, one JSON object per line")
     parser.add_argument("output", metavar="OUT.jsonl", help="results are appended here; existing ids are skipped")
-    _add_model_arguments(parser)
-    _add_sampling_arguments(parser)
+    for add_options in parts.option_groups:
+        add_options(parser)
     scale = parser.add_argument_group("scale")
     scale.add_argument("--concurrency", type=_positive_int, metavar="N",
                        help="prompts in flight at once (default 256; with workers, two chunks per worker)")
@@ -85,19 +107,19 @@ def add_parser(subparsers: Any) -> None:
                        help="show progress even when stderr is not a terminal")
     shown.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                        help="never show progress")
-    add_connection_arguments(parser)
+    parser.set_defaults(handler=lambda args, _out: run(args, parts))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parts: CommandParts) -> int:
     """Run ``tinkex batch`` from parsed arguments; errors propagate to the ``tinkex`` command."""
     if args.processes and args.dask_scheduler:
         print("tinkex batch: error: give --processes or --dask-scheduler, not both", file=sys.stderr)
         return EXIT_USAGE
-    params = _sampling_params(args)
+    params = parts.sampling_params(args)
     check_paths(args.input, args.output)  # before any server or session starts
     send_key = bool(args.processes or args.local or (args.dask_scheduler and args.send_api_key))
-    with _service(args, send_key) as service, _executor(args) as executor:
-        client = _sampling_client(service, args)
+    with _service(args, parts, send_key) as service, _executor(args, parts) as executor:
+        client = parts.sampling_client(service, args)
         summary = run_batch(
             client, args.input, args.output, params, num_samples=args.num_samples, max_in_flight=args.concurrency,
             executor=executor, progress=args.progress, chunk_size=args.chunk_size, timeout=args.timeout,
@@ -108,27 +130,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _service(args: argparse.Namespace, pickle_api_key: bool) -> Iterator[ServiceClient]:
-    """Like :func:`tinkex.cli.open_service`, but the key may travel with the pickled client."""
+def _service(args: argparse.Namespace, parts: CommandParts, pickle_api_key: bool) -> Iterator[ServiceClient]:
+    """Like the other commands' service, but the key may travel with the pickled client."""
     with contextlib.ExitStack() as stack:
         api_key, base_url = None, args.base_url
         if args.local:
-            server = stack.enter_context(_local_server(args.model))
+            models = [] if args.model.startswith("tinker://") else [args.model]
+            server = stack.enter_context(parts.local_server(models))
             api_key, base_url = server.api_key, server.base_url
         yield stack.enter_context(ServiceClient(api_key=api_key, base_url=base_url, pickle_api_key=pickle_api_key))
 
 
-def _local_server(model: str) -> Any:
-    try:
-        from ..server import LocalServer
-    except ImportError as exc:
-        raise CLIError(f"--local needs the server extra ({exc.name} is missing): "
-                       "pip install 'tinkex[server]'") from None
-    return LocalServer(models=[model]) if not model.startswith("tinker://") else LocalServer()
-
-
 @contextlib.contextmanager
-def _executor(args: argparse.Namespace) -> Iterator[Any]:
+def _executor(args: argparse.Namespace, parts: CommandParts) -> Iterator[Any]:
     if args.processes:
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads' locks
         with ProcessPoolExecutor(args.processes, mp_context=context, initializer=_ignore_sigint) as pool:
@@ -141,7 +155,7 @@ def _executor(args: argparse.Namespace) -> Iterator[Any]:
         try:
             from distributed import Client
         except ImportError as exc:
-            raise CLIError(f"--dask-scheduler needs the dask extra ({exc.name} is missing): "
+            raise parts.error(f"--dask-scheduler needs the dask extra ({exc.name} is missing): "
                            "pip install 'tinkex[dask]'") from None
         with Client(args.dask_scheduler) as client:
             yield client
