@@ -69,7 +69,7 @@ def test_every_line_gets_one_output_line(keyed: LocalServer, tmp_path: Path,
         [1, 2],
     ])
     out = tmp_path / "out.jsonl"
-    assert main(batch(keyed, str(source), str(out), "--max-tokens", "4", "--seed", "0")) == 0
+    assert main(batch(keyed, str(source), str(out), "--max-tokens", "4", "--seed", "0")) == 3  # error lines
     records = {(r["id"], r.get("line")): r for r in read_output(out)}
     assert len(records) == 10
     assert records[(1, None)]["sequences"] == [{"text": "héh", "tokens": [104, 195, 169, 104],
@@ -87,15 +87,18 @@ def test_every_line_gets_one_output_line(keyed: LocalServer, tmp_path: Path,
     assert bad[9]["field"] == "prompt" and records[("both", 9)]
     assert bad[10]["field"] == "temperature" and records[("t", 10)]
     assert "expected a JSON object" in bad[11]["message"]
-    assert "2 sampled, 1 failed, 7 invalid lines, 0 already done" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 sampled, 1 failed, 7 invalid lines, 0 already done" in captured.out
+    assert "7 invalid input lines and 1 failed prompt: error lines written to" in captured.err
+    assert "(first: DecodeError: line 5: invalid JSON" in captured.err
 
 
 def test_a_rerun_skips_what_is_done(keyed: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(30) + ["oops"])
     out = tmp_path / "out.jsonl"
-    assert main(batch(keyed, str(source), str(out), "--json")) == 0
+    assert main(batch(keyed, str(source), str(out), "--json")) == 3  # "oops" is an error line
     first = out.read_bytes()
-    assert main(batch(keyed, str(source), str(out), "--json")) == 0
+    assert main(batch(keyed, str(source), str(out), "--json")) == 0  # nothing left to do
     assert out.read_bytes() == first
     reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert reports[0]["sampled"] == 30 and reports[0]["invalid"] == 1
@@ -185,7 +188,7 @@ def test_a_streak_of_transient_failures_aborts_the_run(fresh_server: Callable[..
 def test_processes_share_the_work(keyed: LocalServer, tmp_path: Path) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(120) + [{"id": "bad", "tokens": [999]}])
     out = tmp_path / "out.jsonl"
-    assert main(batch(keyed, str(source), str(out), "--processes", "2", "--chunk-size", "10")) == 0
+    assert main(batch(keyed, str(source), str(out), "--processes", "2", "--chunk-size", "10")) == 3  # "bad"
     records = read_output(out)
     assert sorted(ids_of(records)) == sorted([f"p{i}" for i in range(120)] + ["bad"])
     by_id = {record["id"]: record for record in records}
@@ -247,7 +250,7 @@ def test_ctrl_c_with_worker_processes_stops_quickly_and_resumes(fresh_server: Ca
 
 def test_one_run_at_a_time_per_output_and_never_into_the_input(keyed: LocalServer, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from tinkex.batch._io import OutputFile
+    from tinkex.batch._output import OutputFile
 
     source = write_lines(tmp_path / "in.jsonl", prompts(3))
     out = tmp_path / "out.jsonl"

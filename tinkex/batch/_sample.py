@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
 from ..errors import ValidationError
 from ..types import SamplingParams
-from ._exec import ChunkBackend, ChunkJob, ThreadBackend, drive, pool_adapter
+from ._exec import ChunkJob, ThreadBackend, drive
+from ._pools import ChunkBackend, pool_adapter
 from ._progress import LazyProgress, ProgressSpec
 
 __all__ = ["sample_many", "sample_many_unordered", "check_arguments", "DEFAULT_MAX_IN_FLIGHT",
@@ -35,6 +36,7 @@ def sample_many(
     timeout: Optional[float] = None,
     postprocess: Optional[Callable[[Any], Any]] = None,
     chunk_size: Optional[int] = None,
+    max_request_bytes: Optional[int] = None,
 ) -> Iterator[Any]:
     """Sample every prompt; yield one result per prompt, in input order.
 
@@ -59,6 +61,9 @@ def sample_many(
             the worker (so it must pickle), which is where heavy scoring belongs. Its exceptions
             count as that prompt's failure.
         chunk_size: prompts per task sent to an executor (default 128).
+        max_request_bytes: the largest request body the server accepts; a prompt whose request
+            would be larger fails with ``ValidationError`` (field ``prompt``) without being sent,
+            instead of being built and answered 413. None (default) sends every prompt.
 
     Returns:
         An iterator of :class:`~tinkex.types.SampleResponse` (or ``postprocess`` results, or
@@ -71,7 +76,7 @@ def sample_many(
     pairs = sample_many_unordered(
         client, prompts, sampling_params, num_samples=num_samples, max_in_flight=max_in_flight, on_error=on_error,
         progress=progress, executor=executor, total=total, timeout=timeout, postprocess=postprocess,
-        chunk_size=chunk_size, _ordered=True,
+        chunk_size=chunk_size, max_request_bytes=max_request_bytes, _ordered=True,
     )
     return _outcomes(pairs)
 
@@ -98,6 +103,7 @@ def sample_many_unordered(
     timeout: Optional[float] = None,
     postprocess: Optional[Callable[[Any], Any]] = None,
     chunk_size: Optional[int] = None,
+    max_request_bytes: Optional[int] = None,
     _ordered: bool = False,
 ) -> Iterator[Tuple[int, Any]]:
     """Like :func:`sample_many` but yields ``(index, result)`` as soon as each result arrives.
@@ -106,8 +112,9 @@ def sample_many_unordered(
     prompt, so throughput is higher when results need not come in order; under
     ``on_error="raise"`` the first failure to arrive is raised.
     """
-    check_arguments(sampling_params, on_error, max_in_flight, chunk_size)
-    job = ChunkJob(sampling_params, num_samples, postprocess, timeout)
+    check_arguments(sampling_params, on_error, max_in_flight=max_in_flight, chunk_size=chunk_size,
+                    max_request_bytes=max_request_bytes)
+    job = ChunkJob(sampling_params, num_samples, postprocess, timeout, max_request_bytes)
     if executor is None:
         backend: Any = ThreadBackend(client, job)
         window = max_in_flight or DEFAULT_MAX_IN_FLIGHT
@@ -122,7 +129,7 @@ def sample_many_unordered(
                  progress=LazyProgress(progress, total))
 
 
-def check_arguments(sampling_params: Any, on_error: Any, max_in_flight: Any, chunk_size: Any) -> None:
+def check_arguments(sampling_params: Any, on_error: Any, **positive: Any) -> None:
     """Raise ``ValidationError`` naming the first bad argument (before anything is sent)."""
     if not isinstance(sampling_params, SamplingParams):
         raise ValidationError(f"sampling_params must be SamplingParams, got {type(sampling_params).__name__}",
@@ -130,6 +137,6 @@ def check_arguments(sampling_params: Any, on_error: Any, max_in_flight: Any, chu
     if on_error not in _ON_ERROR:
         raise ValidationError(f"on_error must be 'raise' or 'record', got {on_error!r}", field="on_error",
                               value=on_error)
-    for name, value in (("max_in_flight", max_in_flight), ("chunk_size", chunk_size)):
+    for name, value in positive.items():  # each None (the default) or a positive int
         if value is not None and (type(value) is not int or value < 1):
             raise ValidationError(f"{name} must be a positive int, got {value!r}", field=name, value=value)

@@ -1,26 +1,9 @@
 """``tinkex batch IN.jsonl OUT.jsonl``: sample a JSONL file of prompts, resumably.
 
-Examples::
-
-    $ tinkex batch prompts.jsonl out.jsonl --model tinkex/echo --local --max-tokens 16
-    $ tinkex batch prompts.jsonl out.jsonl --model M --processes 4          # 4 worker processes
-    $ tinkex batch prompts.jsonl out.jsonl --model M --dask-scheduler tcp://10.0.0.5:8786
-
-Input lines are ``{"id": ..., "prompt": "..."}`` or ``{"id": ..., "tokens": [...]}`` with
-optional per-line ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop`` and
-``num_samples``. Output lines are ``{"id", "sequences": [{"text", "tokens", "logprobs",
-"stop_reason"}]}`` or ``{"id", "error": {"type", "message", ...}}``; unusable input lines are
-reported as ``{"id": null, "line": N, "error": {...}}``. Output lines come in completion order.
-Re-running the same command skips every id already in OUT, so a crash or Ctrl-C loses nothing
-and repeats nothing; prompts that failed for a transient reason (connection, timeout, server
-error) get no line, so the re-run retries them.
-
-Worker processes need the API key: ``--processes`` hands it to the workers this command starts;
-Dask workers read ``TINKER_API_KEY`` from their environment unless ``--send-api-key`` (or
-``--local``, whose key is a throwaway) sends it with the pickled client.
-
-Exit codes: 0 every line has an output line; 1 an error, or prompts that failed transiently
-(nothing written for them; re-run to retry); 2 bad usage; 130 Ctrl-C.
+The command's help (``tinkex batch --help``) documents the line formats and exit codes; it is
+:data:`HELP` below, plain text so that it reads the same in a terminal and in the README.
+This module never imports :mod:`tinkex.cli`: the ``tinkex`` command lends it the options and
+helpers the subcommands share (:class:`CommandParts`).
 """
 
 from __future__ import annotations
@@ -32,27 +15,62 @@ import multiprocessing
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Iterator, Sequence, Type
+from typing import Any, Callable, Iterator, Optional, Sequence, Type
 
 import attrs
 
 from ..service_client import ServiceClient
 from ..types import SamplingParams
-from ._run import BatchSummary, check_paths, run_batch
+from ._input import DEFAULT_MAX_LINE_BYTES
+from ._run import DEFAULT_MAX_REQUEST_BYTES, BatchSummary, check_paths, run_batch
 
-__all__ = ["CommandParts", "add_parser", "run"]
+__all__ = ["CommandParts", "add_parser", "run", "HELP"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ERROR_LINES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
+DESCRIPTION = """\
+Sample every prompt of a JSONL file into another JSONL file, resumably: re-running the same
+command skips every id already in OUT, so a crash or Ctrl-C loses nothing and repeats nothing."""
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+HELP = """\
+input lines (IN: one JSON object per line; blank lines are skipped):
+  {"id": "q1", "prompt": "The capital of France is"}
+  {"id": 2, "tokens": [72, 105], "max_tokens": 8, "temperature": 0.7, "num_samples": 2}
+
+  id           a string or an integer, unique in the file ("1" and 1 are different ids)
+  prompt       the prompt text, encoded with the model's tokenizer (no chat template)
+  tokens       token ids instead of text; give exactly one of prompt and tokens
+  max_tokens, temperature, top_p, top_k, seed, stop, num_samples
+               optional: override the command's options for this line
+  Other keys are ignored. IN may be a file, a pipe or a FIFO (e.g. /dev/stdin); it is read once.
+
+output lines (OUT: appended in completion order):
+  {"id": "q1", "sequences": [{"text": "...", "tokens": [...], "logprobs": [...], "stop_reason": "length"}]}
+  {"id": 2, "error": {"type": "BadRequestError", "message": "...", "status_code": 400}}
+  {"id": null, "line": 7, "error": {"type": "DecodeError", "message": "line 7: invalid JSON: ..."}}
+
+  A line that cannot be used, or a prompt the server refuses (400, 413, 422), gets an error line;
+  a re-run skips it like any other (delete its line from OUT to redo it). A prompt that failed
+  for a transient reason (connection, timeout, server error) gets no line: re-run to retry it.
+  OUT must be new or the output of an earlier tinkex batch run; any other file (or a device or
+  FIFO) is refused and left as it was.
+
+workers:
+  --processes N hands the API key to the N worker processes it starts. Dask workers read
+  TINKER_API_KEY from their own environment unless --send-api-key (or --local, whose key is a
+  throwaway) sends it with the pickled client.
+
+exit codes:
+  0    every line of IN has a sampled line in OUT
+  1    an error, or prompts that failed transiently (nothing written for them; re-run to retry)
+  2    bad usage
+  3    finished, but some lines are error lines (invalid input, or prompts the server refused)
+  130  interrupted by Ctrl-C (re-run the same command to resume)
+
+examples:
+  tinkex batch examples/batch_prompts.jsonl out.jsonl --local --model tinkex/echo --max-tokens 8
+  tinkex batch prompts.jsonl out.jsonl --model M --processes 4
+  cat prompts.jsonl | tinkex batch /dev/stdin out.jsonl --model M --progress"""
 
 
 @attrs.frozen
@@ -83,16 +101,32 @@ class CommandParts:
     error: Type[Exception]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def add_parser(subparsers: Any, parts: CommandParts) -> None:
     """Register ``batch`` on the ``tinkex`` command's subparsers; its handler is ``run(args, parts)``."""
     parser = subparsers.add_parser(
         "batch", parents=[parts.parent], help="sample every prompt of a JSONL file into another, resumably",
-        description=__doc__.split("\n\n")[0], epilog="Line formats: see `pydoc tinkex.batch.cli`.",
+        description=DESCRIPTION, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", metavar="IN.jsonl", help="prompts, one JSON object per line")
+    parser.add_argument("input", metavar="IN.jsonl", help="prompts, one JSON object per line (format below)")
     parser.add_argument("output", metavar="OUT.jsonl", help="results are appended here; existing ids are skipped")
     for add_options in parts.option_groups:
         add_options(parser)
+    _add_scale_options(parser)
+    _add_file_options(parser)
+    parser.set_defaults(handler=lambda args, _out: run(args, parts))
+
+
+def _add_scale_options(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group("scale")
     scale.add_argument("--concurrency", type=_positive_int, metavar="N",
                        help="prompts in flight at once (default 256; with workers, two chunks per worker)")
@@ -102,12 +136,20 @@ def add_parser(subparsers: Any, parts: CommandParts) -> None:
                        help="prompts per task sent to a worker (default 128)")
     scale.add_argument("--send-api-key", action="store_true",
                        help="pickle the API key to Dask workers instead of reading their TINKER_API_KEY")
-    shown = parser.add_mutually_exclusive_group()
+
+
+def _add_file_options(parser: argparse.ArgumentParser) -> None:
+    files = parser.add_argument_group("files and progress")
+    files.add_argument("--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N",
+                       help=f"longer input lines become error lines, unread (default {DEFAULT_MAX_LINE_BYTES})")
+    files.add_argument("--max-request-bytes", type=_positive_int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
+                       help="prompts whose request would be larger get an error line, unsent "
+                            f"(default {DEFAULT_MAX_REQUEST_BYTES}, the local server's limit)")
+    shown = files.add_mutually_exclusive_group()
     shown.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
-                       help="show progress even when stderr is not a terminal")
+                       help="show progress even when stderr is not a terminal (default: only on a terminal)")
     shown.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                        help="never show progress")
-    parser.set_defaults(handler=lambda args, _out: run(args, parts))
 
 
 def run(args: argparse.Namespace, parts: CommandParts) -> int:
@@ -117,16 +159,22 @@ def run(args: argparse.Namespace, parts: CommandParts) -> int:
         return EXIT_USAGE
     params = parts.sampling_params(args)
     check_paths(args.input, args.output)  # before any server or session starts
+    summary = _run(args, parts, params)
+    _report(summary, args)
+    if summary.deferred:
+        return EXIT_ERROR
+    return EXIT_ERROR_LINES if summary.invalid or summary.failed else EXIT_OK
+
+
+def _run(args: argparse.Namespace, parts: CommandParts, params: SamplingParams) -> BatchSummary:
     send_key = bool(args.processes or args.local or (args.dask_scheduler and args.send_api_key))
     with _service(args, parts, send_key) as service, _executor(args, parts) as executor:
         client = parts.sampling_client(service, args)
-        summary = run_batch(
+        return run_batch(
             client, args.input, args.output, params, num_samples=args.num_samples, max_in_flight=args.concurrency,
             executor=executor, progress=args.progress, chunk_size=args.chunk_size, timeout=args.timeout,
-            tokenizer=args.tokenizer,
+            tokenizer=args.tokenizer, max_line_bytes=args.max_line_bytes, max_request_bytes=args.max_request_bytes,
         )
-    _report(summary, args)
-    return EXIT_OK if summary.deferred == 0 else EXIT_ERROR
 
 
 @contextlib.contextmanager
@@ -145,7 +193,7 @@ def _service(args: argparse.Namespace, parts: CommandParts, pickle_api_key: bool
 def _executor(args: argparse.Namespace, parts: CommandParts) -> Iterator[Any]:
     if args.processes:
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads' locks
-        with ProcessPoolExecutor(args.processes, mp_context=context, initializer=_ignore_sigint) as pool:
+        with ProcessPoolExecutor(args.processes, mp_context=context, initializer=_start_worker) as pool:
             try:
                 yield pool
             except BaseException:
@@ -156,7 +204,7 @@ def _executor(args: argparse.Namespace, parts: CommandParts) -> Iterator[Any]:
             from distributed import Client
         except ImportError as exc:
             raise parts.error(f"--dask-scheduler needs the dask extra ({exc.name} is missing): "
-                           "pip install 'tinkex[dask]'") from None
+                              "pip install 'tinkex[dask]'") from None
         with Client(args.dask_scheduler) as client:
             yield client
     else:
@@ -170,7 +218,7 @@ def _stop_workers(pool: ProcessPoolExecutor, context: Any) -> None:
         child.terminate()
 
 
-def _ignore_sigint() -> None:
+def _start_worker() -> None:
     """Workers leave Ctrl-C to the command, which cancels their pending chunks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -183,7 +231,22 @@ def _report(summary: BatchSummary, args: argparse.Namespace) -> None:
     else:
         print(f"{args.output}: {summary.sampled} sampled, {summary.failed} failed, {summary.invalid} invalid lines, "
               f"{summary.already_done} already done", flush=True)
+    if summary.invalid or summary.failed:
+        first = _one_line(summary.first_error)
+        print(f"tinkex batch: {_error_lines(summary)} written to {args.output} (first: {first})", file=sys.stderr)
     if summary.deferred:
-        error = summary.last_deferred_error
         print(f"tinkex batch: {summary.deferred} prompts failed transiently and were not written (last: "
-              f"{type(error).__name__}: {error}); re-run the same command to retry them", file=sys.stderr)
+              f"{_one_line(summary.last_deferred_error)}); re-run the same command to retry them", file=sys.stderr)
+
+
+def _error_lines(summary: BatchSummary) -> str:
+    parts = []
+    if summary.invalid:
+        parts.append(f"{summary.invalid} invalid input line{'s' * (summary.invalid != 1)}")
+    if summary.failed:
+        parts.append(f"{summary.failed} failed prompt{'s' * (summary.failed != 1)}")
+    return " and ".join(parts) + ": error lines"
+
+
+def _one_line(error: Optional[BaseException]) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split()) if error is not None else "unknown"
