@@ -201,7 +201,7 @@ def test_dask_scheduler(local_server: LocalServer, tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("TINKER_API_KEY", local_server.api_key)
     source = write_lines(tmp_path / "in.jsonl", prompts(100))
     out = tmp_path / "out.jsonl"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   worker_dashboard_address=None) as cluster:
         code = main(batch(local_server, str(source), str(out), "--dask-scheduler", cluster.scheduler_address,
                           "--send-api-key", "--chunk-size", "10"))

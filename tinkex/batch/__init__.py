@@ -25,7 +25,7 @@ Example:
     ...     print(response.sequences[0].tokens)
 """
 
-from ._exec import BatchItem, BatchWorkerError
+from ._exec import BatchItem, BatchWorkerError, WorkerSetupError
 from ._run import DEFAULT_ABORT_AFTER, BatchAbortedError, BatchSummary, is_permanent, run_batch
 from ._sample import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_IN_FLIGHT, sample_many, sample_many_unordered
 
@@ -34,6 +34,7 @@ __all__ = [
     "BatchSummary",
     "BatchAbortedError",
     "BatchWorkerError",
+    "WorkerSetupError",
     "sample_many",
     "sample_many_unordered",
     "run_batch",

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import queue
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Tuple
 
 import attrs
 
 from ..errors import TinkexError, ValidationError
 from ..types import ModelInput, SampleRequest, SamplingParams
 
-__all__ = ["BatchItem", "BatchWorkerError", "ChunkJob", "ThreadBackend", "drive", "request_bytes", "Outcome"]
+__all__ = ["BatchItem", "BatchWorkerError", "WorkerSetupError", "ChunkJob", "ThreadBackend", "drive", "request_bytes",
+           "Outcome"]
 
 Outcome = Any  # a result, or the exception that took its place
 Postprocess = Optional[Callable[[Any], Any]]
@@ -42,6 +43,22 @@ class BatchWorkerError(TinkexError):
         >>> BatchWorkerError("worker lost").message
         'worker lost'
     """
+
+
+class WorkerSetupError(BatchWorkerError):
+    """A worker process could not build its sampling client, so every chunk would fail alike; the run stops.
+
+    The usual cause is a worker without the API key. Attributes: ``field``, the configuration
+    field that was refused (``"api_key"`` for a missing key), or None.
+
+    Example:
+        >>> WorkerSetupError("no key", field="api_key").field
+        'api_key'
+    """
+
+    def __init__(self, message: str, *, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @attrs.frozen
@@ -194,7 +211,7 @@ class ThreadBackend:
 
 
 def drive(backend: Any, items: Iterable[Any], *, max_in_flight: int, ordered: bool, on_error: str,
-          progress: Any) -> Iterator[Tuple[int, Outcome]]:
+          progress: Any) -> Generator[Tuple[int, Outcome], None, None]:
     """Yield ``(index, outcome)`` with at most ``max_in_flight`` prompts outstanding.
 
     ``on_error="raise"`` stops submitting at the first failure and raises it when it is due

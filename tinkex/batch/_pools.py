@@ -3,11 +3,17 @@
 ``ChunkBackend`` groups prompts into chunks and runs each through a pool adapter: a
 ``concurrent.futures`` executor (:class:`FuturesPool`) or a ``dask.distributed`` client
 (:class:`DaskPool`, with Dask's own futures and ``as_completed``). A worker runs its chunk with
-the thread backend on a client unpickled once per process (:func:`run_chunk`).
+the thread backend on a client unpickled once per process (:func:`run_chunk`), and exits when
+the process that started it dies (:func:`exit_with_parent`), so a killed batch leaves no
+worker heartbeating its session.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import pickle
 import queue
 import threading
@@ -17,10 +23,12 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import cachetools
 
 from ..errors import TinkexError, ValidationError
-from ._exec import BatchWorkerError, ChunkJob, Outcome, ThreadBackend, drive
+from ._exec import BatchWorkerError, ChunkJob, Outcome, ThreadBackend, WorkerSetupError, drive
 from ._progress import NoProgress
 
-__all__ = ["ChunkBackend", "FuturesPool", "DaskPool", "pool_adapter", "run_chunk"]
+__all__ = ["ChunkBackend", "FuturesPool", "DaskPool", "pool_adapter", "run_chunk", "exit_with_parent"]
+
+logger = logging.getLogger(__name__)
 
 
 class ChunkBackend:
@@ -58,6 +66,8 @@ class ChunkBackend:
         out: List[Tuple[int, Outcome]] = []
         for handle, outcome in self._pool.wait():
             indexes = self._chunks.pop(handle)
+            if isinstance(outcome, WorkerSetupError):
+                raise outcome  # the next chunks would fail alike: stop now, with the reason
             if isinstance(outcome, BaseException) or len(outcome) != len(indexes):
                 failure = _chunk_failure(outcome, len(indexes))
                 out.extend((index, failure) for index in indexes)
@@ -179,7 +189,14 @@ def _worker_client(blob: bytes) -> Any:
 
 def run_chunk(blob: bytes, items: Sequence[Any], job: ChunkJob) -> List[Outcome]:
     """Sample one chunk in a worker process; failures come back as (picklable) exceptions."""
-    client = _worker_client(blob)
+    exit_with_parent()
+    try:
+        client = _worker_client(blob)
+    except ValidationError as exc:
+        raise WorkerSetupError(
+            f"a worker process could not build the sampling client: {exc}. Workers need the API key: create "
+            "the ServiceClient with pickle_api_key=True, or set TINKER_API_KEY in the workers' environment",
+            field=exc.field) from None
     backend = ThreadBackend(client, job)
     pairs = drive(backend, items, max_in_flight=max(1, len(items)), ordered=True, on_error="record",
                   progress=NoProgress())
@@ -195,3 +212,26 @@ def _picklable(outcome: Outcome) -> Outcome:
         return TinkexError(f"{type(outcome).__name__}: {outcome}")
     return outcome
 
+
+_watch_once = threading.Lock()  # acquired by the first caller and never released: one watcher per process
+
+
+def exit_with_parent() -> None:
+    """In a worker process, start (once) a daemon thread that ends the process when its parent dies.
+
+    A pool worker whose parent was killed would otherwise wait for work forever while its
+    client's heartbeat keeps the session alive. The thread blocks on the parent's sentinel
+    (closed by the kernel when the parent exits) and owns nothing else; outside a
+    ``multiprocessing`` child it does nothing.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None or not _watch_once.acquire(blocking=False):
+        return
+    threading.Thread(target=_exit_when_ready, args=(parent.sentinel,), name="tinkex-batch-parent-watch",
+                     daemon=True).start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    logger.warning("batch worker %d: the parent process is gone; exiting", os.getpid())
+    os._exit(1)  # no atexit: nothing left to deliver results to, and closing could wait on the network

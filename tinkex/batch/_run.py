@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from http import HTTPStatus
@@ -190,8 +191,9 @@ def run_batch(
                 postprocess=Renderer(tokenizer or _tokenizer_name(client)), chunk_size=chunk_size,
                 max_request_bytes=max_request_bytes,
             )
-            for index, outcome in results:
-                _write_result(output, pending.pop(index), outcome, tally)
+            with contextlib.closing(results):  # cancel outstanding work now, while the executor is still open
+                for index, outcome in results:
+                    _write_result(output, pending.pop(index), outcome, tally)
         finally:
             output.close()
     return tally.summary(len(done))

@@ -6,7 +6,7 @@ and its backends live in :mod:`._exec`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Tuple
 
 from ..errors import ValidationError
 from ..types import SamplingParams
@@ -81,12 +81,12 @@ def sample_many(
     return _outcomes(pairs)
 
 
-def _outcomes(pairs: Iterator[Tuple[int, Any]]) -> Iterator[Any]:
+def _outcomes(pairs: Generator[Tuple[int, Any], None, None]) -> Iterator[Any]:
     try:
         for _, outcome in pairs:
             yield outcome
     finally:
-        pairs.close()  # type: ignore[attr-defined]  # cancels outstanding work now, not at garbage collection
+        pairs.close()  # cancels outstanding work now, not at garbage collection
 
 
 def sample_many_unordered(
@@ -105,7 +105,7 @@ def sample_many_unordered(
     chunk_size: Optional[int] = None,
     max_request_bytes: Optional[int] = None,
     _ordered: bool = False,
-) -> Iterator[Tuple[int, Any]]:
+) -> Generator[Tuple[int, Any], None, None]:
     """Like :func:`sample_many` but yields ``(index, result)`` as soon as each result arrives.
 
     ``index`` is the prompt's 0-based position in ``prompts``. Nothing waits for a slow

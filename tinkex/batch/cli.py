@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import multiprocessing
+import shlex
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +22,9 @@ import attrs
 
 from ..service_client import ServiceClient
 from ..types import SamplingParams
+from ._exec import WorkerSetupError
 from ._input import DEFAULT_MAX_LINE_BYTES
+from ._pools import exit_with_parent
 from ._run import DEFAULT_MAX_REQUEST_BYTES, BatchSummary, check_paths, run_batch
 
 __all__ = ["CommandParts", "add_parser", "run", "HELP"]
@@ -49,9 +52,10 @@ output lines (OUT: appended in completion order):
   {"id": 2, "error": {"type": "BadRequestError", "message": "...", "status_code": 400}}
   {"id": null, "line": 7, "error": {"type": "DecodeError", "message": "line 7: invalid JSON: ..."}}
 
-  A line that cannot be used, or a prompt the server refuses (400, 413, 422), gets an error line;
-  a re-run skips it like any other (delete its line from OUT to redo it). A prompt that failed
-  for a transient reason (connection, timeout, server error) gets no line: re-run to retry it.
+  A line that cannot be used, a prompt the server refuses (400, 413, 422) or one whose request
+  would be over --max-request-bytes gets an error line; a re-run skips it like any other
+  (delete its line from OUT to redo it). A prompt that failed for a transient reason
+  (connection, timeout, server error) gets no line: re-run to retry it.
   OUT must be new or the output of an earlier tinkex batch run; any other file (or a device or
   FIFO) is refused and left as it was.
 
@@ -159,7 +163,17 @@ def run(args: argparse.Namespace, parts: CommandParts) -> int:
         return EXIT_USAGE
     params = parts.sampling_params(args)
     check_paths(args.input, args.output)  # before any server or session starts
-    summary = _run(args, parts, params)
+    try:
+        summary = _run(args, parts, params)
+    except KeyboardInterrupt:
+        print(f"tinkex batch: interrupted; every line written to {args.output} is kept. Resume with the same "
+              f"command:\n  {_same_command()}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except WorkerSetupError as exc:
+        if exc.field != "api_key" or not args.dask_scheduler:
+            raise
+        raise parts.error("the Dask workers have no API key: pass --send-api-key to send yours with the client, or "
+                          "set TINKER_API_KEY in the workers' environment (not needed with --local)") from None
     _report(summary, args)
     if summary.deferred:
         return EXIT_ERROR
@@ -177,6 +191,14 @@ def _run(args: argparse.Namespace, parts: CommandParts, params: SamplingParams) 
         )
 
 
+def _same_command() -> str:
+    """The command line that was run, for the resume hint (``tinkex ...`` also under ``python -m tinkex``)."""
+    arguments = sys.argv[1:]
+    if "batch" not in arguments:  # called as a function, not from a shell
+        return "the same tinkex batch command"
+    return shlex.join(["tinkex", *arguments])
+
+
 @contextlib.contextmanager
 def _service(args: argparse.Namespace, parts: CommandParts, pickle_api_key: bool) -> Iterator[ServiceClient]:
     """Like the other commands' service, but the key may travel with the pickled client."""
@@ -186,7 +208,8 @@ def _service(args: argparse.Namespace, parts: CommandParts, pickle_api_key: bool
             models = [] if args.model.startswith("tinker://") else [args.model]
             server = stack.enter_context(parts.local_server(models))
             api_key, base_url = server.api_key, server.base_url
-        yield stack.enter_context(ServiceClient(api_key=api_key, base_url=base_url, pickle_api_key=pickle_api_key))
+        yield stack.enter_context(ServiceClient(api_key=api_key, base_url=base_url, pickle_api_key=pickle_api_key,
+                                                max_retries=args.max_retries))
 
 
 @contextlib.contextmanager
@@ -219,8 +242,9 @@ def _stop_workers(pool: ProcessPoolExecutor, context: Any) -> None:
 
 
 def _start_worker() -> None:
-    """Workers leave Ctrl-C to the command, which cancels their pending chunks."""
+    """Workers leave Ctrl-C to the command, which cancels their chunks, and exit when it dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent()
 
 
 def _report(summary: BatchSummary, args: argparse.Namespace) -> None:
