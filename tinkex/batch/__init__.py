@@ -17,7 +17,14 @@ unpickles it once and samples from the same sampling session (seq_ids from ``clo
 set ``TINKER_API_KEY`` in the workers' environment. Prompts travel to workers in chunks of
 ``chunk_size``; a chunk runs its prompts concurrently on the worker's client. Give a process
 pool a ``spawn`` or ``forkserver`` context (``mp_context=multiprocessing.get_context("spawn")``):
-forking a process that runs client threads can deadlock the child.
+forking a process that runs client threads can deadlock the child. A process that has run a
+chunk exits as soon as the process that started it dies, so a killed batch leaves no worker
+heartbeating its session; workers that cannot build the client (most often: no API key) stop
+the batch at once with :class:`WorkerSetupError`.
+
+Files: :func:`run_batch` reads a JSONL input once (a pipe or FIFO works) and appends to an
+output it recognises as its own, refusing any other file; ``tinkex batch --help`` documents both
+line formats.
 
 Example:
     >>> params = types.SamplingParams(max_tokens=16)  # doctest: +SKIP
