@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -24,19 +23,18 @@ from tinkex.server import LocalServer
 ECHO = "tinkex/echo"
 MEMORY_LIMIT = 3 << 30
 TIMEOUT_S = 60
-
-
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+# The limit is set by the child itself: preexec_fn is unsafe while this process runs server threads.
+LIMITED_TINKEX = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); "
+                  "from tinkex.cli import main; sys.exit(main())")
 
 
 def tinkex_batch(*args: str, stdin: Optional[bytes] = None, env: Optional[Dict[str, str]] = None,
                  local: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "tinkex", "batch", *args, "--model", ECHO, "--max-tokens", "2"]
+    command = [sys.executable, "-c", LIMITED_TINKEX, "batch", *args, "--model", ECHO, "--max-tokens", "2"]
     if local:
         command.append("--local")
     return subprocess.run(command, input=stdin if stdin is not None else b"", capture_output=True,
-                          timeout=TIMEOUT_S, preexec_fn=_limit_memory, env={**os.environ, **(env or {})})
+                          timeout=TIMEOUT_S, env={**os.environ, **(env or {})})
 
 
 def prompt_lines(count: int) -> bytes:
@@ -119,8 +117,12 @@ def test_a_fifo_input_is_opened_once(tmp_path: Path) -> None:
     writer = threading.Thread(target=fifo.write_bytes, args=(prompt_lines(12),), daemon=True)
     writer.start()  # blocks in open() until the command opens the FIFO for reading
     out = tmp_path / "out.jsonl"
-    done = tinkex_batch(str(fifo), str(out), "--progress")
-    writer.join(timeout=5)
+    try:
+        done = tinkex_batch(str(fifo), str(out), "--progress")
+        writer.join(timeout=5)
+    finally:
+        if writer.is_alive():  # the command never opened the FIFO: open it here so the writer ends
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
     assert done.returncode == 0, done.stderr
     assert len(records(out)) == 12
 
