@@ -189,25 +189,3 @@ def test_sigkill_of_the_command_leaves_no_worker_running(slow_server: LocalServe
         for pid in workers:  # started by the command this test started; only those, by id
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-# -- item 10: Dask workers without a key -------------------------------------------------------------------
-
-
-def test_dask_workers_without_a_key_get_one_line_naming_send_api_key(tmp_path: Path) -> None:
-    distributed = pytest.importorskip("distributed")
-    assert "TINKER_API_KEY" not in os.environ  # so the workers spawned below have none
-    source = write_prompts(tmp_path / "in.jsonl", 400)
-    with LocalServer(models=[ECHO]) as server, distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-            worker_dashboard_address=None) as cluster:
-        command = [*TINKEX, "batch", str(source), str(tmp_path / "out.jsonl"), "--model", ECHO, "--base-url",
-                   server.base_url, "--dask-scheduler", cluster.scheduler_address, "--chunk-size", "2"]
-        done = subprocess.run(command, env={**os.environ, "TINKER_API_KEY": server.api_key}, capture_output=True,
-                              text=True, timeout=120)
-    assert done.returncode == 1
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: the Dask workers have no API key"), done.stderr
-    assert "--send-api-key" in lines[0]
-    assert server.api_key not in done.stderr
-

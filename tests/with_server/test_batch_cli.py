@@ -209,6 +209,27 @@ def test_dask_scheduler(local_server: LocalServer, tmp_path: Path, monkeypatch: 
     assert sorted(ids_of(read_output(out))) == sorted(f"p{i}" for i in range(100))
 
 
+def test_dask_workers_without_a_key_get_one_line_naming_send_api_key(tmp_path: Path) -> None:
+    # Issue 14 item 10. Here rather than in tests/reliability: importing distributed in the test process
+    # installs tblib's exception pickling, which test_secrets must not run under.
+    distributed = pytest.importorskip("distributed")
+    assert "TINKER_API_KEY" not in os.environ  # so the workers spawned below have none
+    source = write_lines(tmp_path / "in.jsonl", prompts(400))
+    with LocalServer(models=[ECHO_MODEL]) as server, distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+            worker_dashboard_address=None) as cluster:
+        command = [sys.executable, "-m", "tinkex", "batch", str(source), str(tmp_path / "out.jsonl"), "--model",
+                   ECHO_MODEL, "--base-url", server.base_url, "--dask-scheduler", cluster.scheduler_address,
+                   "--chunk-size", "2"]
+        done = subprocess.run(command, env={**os.environ, "TINKER_API_KEY": server.api_key}, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the Dask workers have no API key"), done.stderr
+    assert "--send-api-key" in lines[0]
+    assert server.api_key not in done.stderr
+
+
 def test_local_server_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = write_lines(tmp_path / "in.jsonl", [{"id": 1, "prompt": "Hi"}])
     out = tmp_path / "out.jsonl"
