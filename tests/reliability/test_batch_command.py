@@ -94,10 +94,8 @@ def test_ctrl_c_prints_the_command_that_resumes(slow_server: LocalServer, tmp_pa
     source = write_prompts(tmp_path / "in put.jsonl", count)  # a space, to check the quoting
     out = tmp_path / "out.jsonl"
     arguments = ["batch", str(source), str(out), "--model", ECHO, "--base-url", slow_server.base_url,
-                 "--max-tokens", "20", "--concurrency", "4"]
-    env = {**os.environ, "TINKER_API_KEY": slow_server.api_key}
-    process = subprocess.Popen([*TINKEX, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+                 "--max-tokens", "20", "--concurrency", "4", "--api-key", slow_server.api_key]
+    process = subprocess.Popen([*TINKEX, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_lines(out, 10, process)
         process.send_signal(signal.SIGINT)
@@ -106,9 +104,11 @@ def test_ctrl_c_prints_the_command_that_resumes(slow_server: LocalServer, tmp_pa
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130
-    hint = stderr.split("Resume with the same command:\n", 1)[1].splitlines()[0].strip()
-    assert shlex.split(hint) == ["tinkex", *arguments]
-    resumed = subprocess.run([*TINKEX, *shlex.split(hint)[1:]], env=env, capture_output=True, text=True, timeout=120)
+    assert slow_server.api_key not in stderr  # the hint shows a placeholder for --api-key
+    hint = shlex.split(stderr.split("Resume with the same command:\n", 1)[1].splitlines()[0])
+    assert hint == ["tinkex", *arguments[:-1], "<API key>"]
+    resumed = subprocess.run([*TINKEX, *hint[1:-1], slow_server.api_key], capture_output=True, text=True,
+                             timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(ids(out)) == sorted(f"p{i}" for i in range(count))
 
@@ -121,7 +121,8 @@ def test_batch_help_documents_the_line_formats_in_plain_text() -> None:
     assert done.returncode == 0
     text = done.stdout
     for needle in ('{"id": "q1", "prompt":', '"tokens": [', "max_tokens, temperature, top_p, top_k, seed, stop,",
-                   '"sequences": [{"text"', '"error": {"type"', "exit codes:", "--send-api-key", "(default 100)"):
+                   '"sequences": [{"text"', '"error": {"type"', "exit codes:", "--send-api-key", "(default: 100)",
+                   "(default: 16777216)"):
         assert needle in text, needle
     for markup in ("``", ":class:", ":mod:", "tinkex._", "tinkex.batch._", "pydoc"):
         assert markup not in text, markup

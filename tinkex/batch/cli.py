@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Type
 
 import attrs
 
+from .._help import DefaultsHelpFormatter
 from ..service_client import ServiceClient
 from ..types import SamplingParams
 from ._exec import WorkerSetupError
@@ -30,6 +31,7 @@ from ._run import DEFAULT_MAX_REQUEST_BYTES, BatchSummary, check_paths, run_batc
 __all__ = ["CommandParts", "add_parser", "run", "HELP"]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_ERROR_LINES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_KEY_PLACEHOLDER = "<API key>"
 
 DESCRIPTION = """\
 Sample every prompt of a JSONL file into another JSONL file, resumably: re-running the same
@@ -119,7 +121,7 @@ def add_parser(subparsers: Any, parts: CommandParts) -> None:
     """Register ``batch`` on the ``tinkex`` command's subparsers; its handler is ``run(args, parts)``."""
     parser = subparsers.add_parser(
         "batch", parents=[parts.parent], help="sample every prompt of a JSONL file into another, resumably",
-        description=DESCRIPTION, epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, epilog=HELP, formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("input", metavar="IN.jsonl", help="prompts, one JSON object per line (format below)")
     parser.add_argument("output", metavar="OUT.jsonl", help="results are appended here; existing ids are skipped")
@@ -145,10 +147,10 @@ def _add_scale_options(parser: argparse.ArgumentParser) -> None:
 def _add_file_options(parser: argparse.ArgumentParser) -> None:
     files = parser.add_argument_group("files and progress")
     files.add_argument("--max-line-bytes", type=_positive_int, default=DEFAULT_MAX_LINE_BYTES, metavar="N",
-                       help=f"longer input lines become error lines, unread (default {DEFAULT_MAX_LINE_BYTES})")
+                       help="longer input lines become error lines, unread")
     files.add_argument("--max-request-bytes", type=_positive_int, default=DEFAULT_MAX_REQUEST_BYTES, metavar="N",
                        help="prompts whose request would be larger get an error line, unsent "
-                            f"(default {DEFAULT_MAX_REQUEST_BYTES}, the local server's limit)")
+                            f"(default: {DEFAULT_MAX_REQUEST_BYTES}, the local server's limit)")
     shown = files.add_mutually_exclusive_group()
     shown.add_argument("--progress", dest="progress", action="store_const", const=True, default=None,
                        help="show progress even when stderr is not a terminal (default: only on a terminal)")
@@ -192,18 +194,28 @@ def _run(args: argparse.Namespace, parts: CommandParts, params: SamplingParams) 
 
 
 def _same_command() -> str:
-    """The command line that was run, for the resume hint (``tinkex ...`` also under ``python -m tinkex``)."""
+    """The command line that was run, for the resume hint (``tinkex ...`` also under ``python -m tinkex``).
+
+    An ``--api-key`` value is replaced by ``<API key>``: the hint goes to a terminal or a log.
+    """
     arguments = sys.argv[1:]
     if "batch" not in arguments:  # called as a function, not from a shell
         return "the same tinkex batch command"
-    return shlex.join(["tinkex", *arguments])
+    shown = []
+    for index, argument in enumerate(arguments):
+        if index and arguments[index - 1] == "--api-key":
+            argument = _KEY_PLACEHOLDER
+        elif argument.startswith("--api-key="):
+            argument = f"--api-key={_KEY_PLACEHOLDER}"
+        shown.append(argument)
+    return shlex.join(["tinkex", *shown])
 
 
 @contextlib.contextmanager
 def _service(args: argparse.Namespace, parts: CommandParts, pickle_api_key: bool) -> Iterator[ServiceClient]:
     """Like the other commands' service, but the key may travel with the pickled client."""
     with contextlib.ExitStack() as stack:
-        api_key, base_url = None, args.base_url
+        api_key, base_url = getattr(args, "api_key", None), args.base_url
         if args.local:
             models = [] if args.model.startswith("tinker://") else [args.model]
             server = stack.enter_context(parts.local_server(models))
