@@ -17,17 +17,14 @@ Exit codes: 0 success; 1 an error (one line on stderr, with the request id when 
 ``--debug`` adds the traceback and debug logging); 2 bad usage; 130 interrupted by Ctrl-C
 (in-flight work is cancelled and the session closed first).
 
-Other modules may add subcommands: ``tinkex._batch_cli`` (when present) provides
-``add_parser(subparsers)`` and ``run(args) -> int``, and can reuse :func:`add_connection_arguments`
-and :func:`open_service` for the ``--local`` / ``--base-url`` behaviour.
+``tinkex batch`` lives in :mod:`tinkex.batch.cli`; this module lends it the shared options and
+helpers (:class:`tinkex.batch.cli.CommandParts`), so the batch command never imports this one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -41,6 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Text
 from ._help import DefaultsHelpFormatter
 from ._logging import apply_log_level
 from ._version import __version__
+from .batch import cli as batch_cli
 from .errors import (
     APIConnectionError,
     APIError,
@@ -61,7 +59,6 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOCAL_DEFAULT_MODEL = "tinkex/ngram-small"
 CLI_MAX_RETRIES = 3  # an unreachable server is reported in seconds, not after the library's minute of retries
 PROTOCOL_REFERENCE = "0.38.0"  # the official tinker SDK version protocol.md was checked against
-_BATCH_MODULE = "tinkex._batch_cli"
 
 
 class CLIError(Exception):
@@ -170,14 +167,10 @@ def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def _register_batch(commands: Any) -> None:
-    """``tinkex batch``, provided by ``tinkex._batch_cli`` when that module is installed."""
-    if importlib.util.find_spec(_BATCH_MODULE) is None:
-        return
-    module = importlib.import_module(_BATCH_MODULE)
-    module.add_parser(commands)
-    batch = commands.choices.get("batch")
-    if batch is not None:
-        batch.set_defaults(handler=lambda args, _out: module.run(args))
+    """``tinkex batch``, given the options and helpers it shares with the other commands."""
+    options = (_add_model_arguments, _add_sampling_arguments, add_connection_arguments)
+    batch_cli.add_parser(commands, batch_cli.CommandParts(
+        _common_parent(), options, _sampling_params, _sampling_client, _local_server, CLIError))
 
 
 def _positive_int(text: str) -> int:

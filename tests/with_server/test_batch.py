@@ -16,8 +16,8 @@ import pytest
 import tinkex
 from tinkex import types
 from tinkex._sampling.target import CLONE_SEQ_STRIDE
-from tinkex.batch import BatchItem, BatchWorkerError, sample_many, sample_many_unordered
-from tinkex.errors import BadRequestError, TinkexError, ValidationError
+from tinkex.batch import BatchItem, BatchWorkerError, WorkerSetupError, sample_many, sample_many_unordered
+from tinkex.errors import BadRequestError, ValidationError
 from tinkex.server import LocalServer
 from tinkex.server.model import ECHO_MODEL
 
@@ -197,7 +197,7 @@ def test_bad_arguments_fail_before_anything_is_sent(echo: Any) -> None:
 def test_progress_log_line_reports_count_and_failures(echo: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tinkex.batch")
     list(sample_many(echo, [[1], [300], [2]], PARAMS, on_error="record", progress="log"))
-    finished = [r.getMessage() for r in caplog.records if r.name == "tinkex.batch"]
+    finished = [r.getMessage() for r in caplog.records if r.name.startswith("tinkex.batch")]
     assert finished and finished[-1].startswith("batch: 3/3 done, 1 failed,") and "(finished)" in finished[-1]
 
 
@@ -211,7 +211,7 @@ def test_no_progress_when_not_a_terminal(echo: Any, capsys: pytest.CaptureFixtur
                                          caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tinkex.batch")
     list(sample_many(echo, [[1], [2]], PARAMS))
-    assert capsys.readouterr().err == "" and not [r for r in caplog.records if r.name == "tinkex.batch"]
+    assert capsys.readouterr().err == "" and not [r for r in caplog.records if r.name.startswith("tinkex.batch")]
 
 
 def _spawn_pool(workers: int = 2) -> ProcessPoolExecutor:
@@ -253,24 +253,27 @@ def _worker_pid_and_tokens(response: types.SampleResponse) -> Any:
     return os.getpid(), response.sequences[0].tokens
 
 
-def test_a_chunk_whose_worker_cannot_restore_the_client_fails_typed(local_server: LocalServer) -> None:
-    # No pickled key and no TINKER_API_KEY in the workers' environment: every chunk fails, none hangs.
+def test_a_worker_that_cannot_restore_the_client_stops_the_batch_typed(local_server: LocalServer) -> None:
+    # No pickled key and no TINKER_API_KEY in the workers' environment: every chunk would fail alike,
+    # so the first failure stops the batch (even under on_error="record") with the way out; none hangs.
     with tinkex.ServiceClient(api_key=local_server.api_key, base_url=local_server.base_url) as svc:
         client = svc.create_sampling_client(base_model=ECHO_MODEL)
         with _spawn_pool(1) as pool:
-            results = list(sample_many(client, ([i] for i in range(5)), PARAMS, executor=pool, chunk_size=2,
-                                       on_error="record"))
+            with pytest.raises(WorkerSetupError) as recorded:
+                list(sample_many(client, ([i] for i in range(5)), PARAMS, executor=pool, chunk_size=2,
+                                 on_error="record"))
             with pytest.raises(BatchWorkerError) as raised:
                 list(sample_many(client, [[1]], PARAMS, executor=pool))
-    assert len(results) == 5 and all(isinstance(result, BatchWorkerError) for result in results)
-    assert isinstance(raised.value.__cause__, TinkexError) and "api_key" in str(raised.value)
+    for error in (recorded.value, raised.value):
+        assert isinstance(error, WorkerSetupError) and error.field == "api_key"
+        assert "pickle_api_key=True" in str(error) and "TINKER_API_KEY" in str(error)
 
 
 def test_dask_local_cluster_with_two_worker_processes(local_server: LocalServer,
                                                       service: tinkex.ServiceClient) -> None:
     distributed = pytest.importorskip("distributed")
     client = service.create_sampling_client(base_model=ECHO_MODEL)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0",
                                   worker_dashboard_address=None) as cluster, distributed.Client(cluster) as dask:
         results = list(sample_many(client, Consumption(limit=300), PARAMS, executor=dask, chunk_size=25,
                                    on_error="record"))

@@ -69,7 +69,7 @@ def test_every_line_gets_one_output_line(keyed: LocalServer, tmp_path: Path,
         [1, 2],
     ])
     out = tmp_path / "out.jsonl"
-    assert main(batch(keyed, str(source), str(out), "--max-tokens", "4", "--seed", "0")) == 0
+    assert main(batch(keyed, str(source), str(out), "--max-tokens", "4", "--seed", "0")) == 3  # error lines
     records = {(r["id"], r.get("line")): r for r in read_output(out)}
     assert len(records) == 10
     assert records[(1, None)]["sequences"] == [{"text": "héh", "tokens": [104, 195, 169, 104],
@@ -87,15 +87,18 @@ def test_every_line_gets_one_output_line(keyed: LocalServer, tmp_path: Path,
     assert bad[9]["field"] == "prompt" and records[("both", 9)]
     assert bad[10]["field"] == "temperature" and records[("t", 10)]
     assert "expected a JSON object" in bad[11]["message"]
-    assert "2 sampled, 1 failed, 7 invalid lines, 0 already done" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 sampled, 1 failed, 7 invalid lines, 0 already done" in captured.out
+    assert "7 invalid input lines and 1 failed prompt: error lines written to" in captured.err
+    assert "(first: DecodeError: line 5: invalid JSON" in captured.err
 
 
 def test_a_rerun_skips_what_is_done(keyed: LocalServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(30) + ["oops"])
     out = tmp_path / "out.jsonl"
-    assert main(batch(keyed, str(source), str(out), "--json")) == 0
+    assert main(batch(keyed, str(source), str(out), "--json")) == 3  # "oops" is an error line
     first = out.read_bytes()
-    assert main(batch(keyed, str(source), str(out), "--json")) == 0
+    assert main(batch(keyed, str(source), str(out), "--json")) == 0  # nothing left to do
     assert out.read_bytes() == first
     reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert reports[0]["sampled"] == 30 and reports[0]["invalid"] == 1
@@ -185,7 +188,7 @@ def test_a_streak_of_transient_failures_aborts_the_run(fresh_server: Callable[..
 def test_processes_share_the_work(keyed: LocalServer, tmp_path: Path) -> None:
     source = write_lines(tmp_path / "in.jsonl", prompts(120) + [{"id": "bad", "tokens": [999]}])
     out = tmp_path / "out.jsonl"
-    assert main(batch(keyed, str(source), str(out), "--processes", "2", "--chunk-size", "10")) == 0
+    assert main(batch(keyed, str(source), str(out), "--processes", "2", "--chunk-size", "10")) == 3  # "bad"
     records = read_output(out)
     assert sorted(ids_of(records)) == sorted([f"p{i}" for i in range(120)] + ["bad"])
     by_id = {record["id"]: record for record in records}
@@ -198,12 +201,33 @@ def test_dask_scheduler(local_server: LocalServer, tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("TINKER_API_KEY", local_server.api_key)
     source = write_lines(tmp_path / "in.jsonl", prompts(100))
     out = tmp_path / "out.jsonl"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   worker_dashboard_address=None) as cluster:
         code = main(batch(local_server, str(source), str(out), "--dask-scheduler", cluster.scheduler_address,
                           "--send-api-key", "--chunk-size", "10"))
     assert code == 0
     assert sorted(ids_of(read_output(out))) == sorted(f"p{i}" for i in range(100))
+
+
+def test_dask_workers_without_a_key_get_one_line_naming_send_api_key(tmp_path: Path) -> None:
+    # Issue 14 item 10. Here rather than in tests/reliability: importing distributed in the test process
+    # installs tblib's exception pickling, which test_secrets must not run under.
+    distributed = pytest.importorskip("distributed")
+    assert "TINKER_API_KEY" not in os.environ  # so the workers spawned below have none
+    source = write_lines(tmp_path / "in.jsonl", prompts(400))
+    with LocalServer(models=[ECHO_MODEL]) as server, distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+            worker_dashboard_address=None) as cluster:
+        command = [sys.executable, "-m", "tinkex", "batch", str(source), str(tmp_path / "out.jsonl"), "--model",
+                   ECHO_MODEL, "--base-url", server.base_url, "--dask-scheduler", cluster.scheduler_address,
+                   "--chunk-size", "2"]
+        done = subprocess.run(command, env={**os.environ, "TINKER_API_KEY": server.api_key}, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the Dask workers have no API key"), done.stderr
+    assert "--send-api-key" in lines[0]
+    assert server.api_key not in done.stderr
 
 
 def test_local_server_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,7 +271,7 @@ def test_ctrl_c_with_worker_processes_stops_quickly_and_resumes(fresh_server: Ca
 
 def test_one_run_at_a_time_per_output_and_never_into_the_input(keyed: LocalServer, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from tinkex._batch_io import OutputFile
+    from tinkex.batch._output import OutputFile
 
     source = write_lines(tmp_path / "in.jsonl", prompts(3))
     out = tmp_path / "out.jsonl"

@@ -14,12 +14,12 @@ import sys
 import time
 from typing import Any, Callable, Optional, Union
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 __all__ = ["ProgressSpec", "check_spec", "wants_progress", "make_progress", "LazyProgress", "NoProgress",
            "LogProgress", "TqdmProgress"]
 
-logger = logging.getLogger("tinkex.batch")
+logger = logging.getLogger(__name__)
 
 ProgressSpec = Union[None, bool, str, Any]
 LOG_INTERVAL = 10.0
