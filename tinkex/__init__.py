@@ -9,10 +9,9 @@ Example:
 import logging
 
 from . import errors, tokenizers, types
-from ._config import Config
+from ._config import Config, __version__
 from ._policy import PollPolicy, RetryConfig
 from ._sampling.future import SampleFuture
-from ._version import __version__
 from .errors import (
     APIConnectionError,
     APIError,

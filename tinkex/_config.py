@@ -11,13 +11,18 @@ import logging
 import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import attrs
 
 from .errors import TinkexError, ValidationError
 
-__all__ = ["Config", "DEFAULT_BASE_URL", "redact_key", "redact_error", "check_api_key"]
+__all__ = ["Config", "DEFAULT_BASE_URL", "__version__", "redact_key", "redact_error", "check_api_key"]
+
+#: The SDK's version, sent to the server (``sdk_version``, the User-Agent). Kept in
+#: ``tinkex/VERSION`` so packaging reads it without importing tinkex.
+__version__ = (Path(__file__).with_name("VERSION")).read_text(encoding="utf-8").strip()
 
 logger = logging.getLogger(__name__)
 

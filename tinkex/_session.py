@@ -16,11 +16,10 @@ from typing import Any, Callable, Optional
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Config
+from ._config import Config, __version__
 from ._http.transport import Transport
 from ._limits import SessionLimits
 from ._policy import Action, Phase, classify
-from ._version import __version__
 from .errors import APIError, APIStatusError, ClientClosedError, NotFoundError, TinkexError
 from .telemetry import TelemetryReporter
 from .types import (

@@ -35,9 +35,9 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
+from ._config import __version__
 from ._help import DefaultsHelpFormatter
 from ._logging import apply_log_level
-from ._version import __version__
 from .batch import cli as batch_cli
 from .errors import (
     APIConnectionError,

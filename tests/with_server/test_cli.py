@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 
 from tinkex import cli
-from tinkex._version import __version__
+from tinkex._config import __version__
 from tinkex.errors import RequestFailedError
 from tinkex.server import LocalServer
 from tinkex.tokenizers import get_tokenizer

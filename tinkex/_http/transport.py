@@ -20,11 +20,10 @@ import urllib3
 from requests.cookies import RequestsCookieJar, merge_cookies
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._config import Config
+from .._config import Config, __version__
 from .._logging import LazyRequestId
 from .._policy import Action, HTTPRetryPolicy, Phase, classify, parse_retry_after
 from .._policy import is_bare_400 as _bare_400
-from .._version import __version__
 from .._wire import codec as _codec
 from ..errors import APIConnectionError, APIStatusError, APITimeoutError, TinkexError, status_error_class
 from .errors import LIBRARY_ERRORS, library_error
