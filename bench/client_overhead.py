@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", metavar="URL", help="use this running server instead of starting one")
     parser.add_argument("--profile", action="store_true", help="profile every thread of the tinkex run with cProfile")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
+    parser.add_argument("--no-floor", dest="floor", action="store_false", default=True,
+                        help="skip the one-at-a-time comparison with bare http.client and urllib3 loops")
+    parser.add_argument("--floor-samples", type=int, default=500, help="samples per repetition of that comparison")
     return parser
 
 
@@ -137,10 +140,34 @@ def run_tinkex(url: str, args: argparse.Namespace) -> Dict[str, Any]:
             return client.sample(prompt, 1, params)
 
         figures = run_suite(submit, **_suite_kwargs(args))
+        if args.floor:
+            figures["floor"] = _floor(url, client, prompt, params, args)
     if profiler is not None:
         profiler.report()
     figures.update(client=f"tinkex {tinkex.__version__}", startup_s=ready)
     return figures
+
+
+def _floor(url: str, client: Any, prompt: Any, params: Any, args: argparse.Namespace) -> Dict[str, float]:
+    """CPU per sample one at a time: tinkex beside the bare loops (medians, interleaved, same server)."""
+    import statistics
+
+    import _floor as floor
+
+    request = {"prompt": prompt.to_json(), "sampling_params": params.to_json(), "num_samples": 1,
+               "type": "sample", "prompt_logprobs": False, "topk_prompt_logprobs": 0}
+    loops = {
+        "http.client loop": floor.http_client_loop(url, API_KEY, client.sampling_session_id, request),
+        "urllib3 loop": floor.urllib3_loop(url, API_KEY, client.sampling_session_id, request),
+        "tinkex sample().result()": lambda n: [client.sample(prompt, 1, params).result() for _ in range(n)],
+    }
+    reps: Dict[str, List[float]] = {name: [] for name in loops}
+    for loop in loops.values():
+        loop(50)  # warm every connection and code path first
+    for _ in range(args.repetitions):
+        for name, loop in loops.items():
+            reps[name].append(floor.cpu_us_per_sample(loop, args.floor_samples))
+    return {name: statistics.median(values) for name, values in reps.items()}
 
 
 class _AllThreadsProfiler:
@@ -247,6 +274,12 @@ def report(ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> None:
         if figures.get("burst"):
             after = ", ".join(f"{mb:.1f}" for mb in figures["burst"]["rss_mb_after_each_round"])
             print(f"# {label}: RSS MB after each burst of {figures['burst']['in_flight']}: {after}")
+    floor = ours.get("floor")
+    if floor:
+        base = floor["urllib3 loop"]
+        print("\n# one sample at a time, client CPU per sample (medians, same process, same server)")
+        for name, value in floor.items():
+            print(f"{name:38} {value:10.0f} us   {value / base:5.2f}x the urllib3 loop")
     cpu = [f["cpu_ms_per_sample"] for f in ours["levels"].values()]
     verdict = "met" if max(cpu) < GOAL_CPU_MS else "MISSED"
     print(f"# goal < {GOAL_CPU_MS} ms client CPU per sample: {verdict} (worst level {max(cpu):.3f} ms)")

@@ -1,0 +1,116 @@
+"""The floor under tinkex's CPU per sample: the same asample + retrieve_future by hand, one at a time.
+
+Two loops do exactly what one ``sample()`` does on the wire -- POST asample (JSON), then POST
+retrieve_future with ``allow_metadata_only: true`` until the server says the result is ready
+(``complete_metadata``), then once more with ``false`` for the result (protocol.md 4.9) -- on one
+keep-alive connection, with the same headers tinkex sends (protocol.md 2.4 asks for
+them: the SDK's identity, idempotency key, read timeout, retry count, request type and
+iteration), with no threads, no retries and no decoding beyond the promise's JSON: one over the standard library's
+``http.client`` (the lowest Python floor) and one over a bare ``urllib3.HTTPConnectionPool``
+(the HTTP stack tinkex itself runs on). ``bench/client_overhead.py`` runs them beside tinkex's
+own one-at-a-time loop in the same process against the same server.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from typing import Any, Callable, Dict
+from urllib.parse import urlsplit
+
+import urllib3
+
+Loop = Callable[[int], None]
+
+
+def _headers(api_key: str) -> Dict[str, str]:
+    """The headers of every tinkex call, with the values of a typical one (protocol.md 2.4)."""
+    return {
+        "Accept": "application/x-protobuf, application/json", "User-Agent": "tinkex-floor/0 python/3",
+        "Accept-Encoding": "gzip, deflate", "Connection": "keep-alive", "X-API-Key": api_key,
+        "x-stainless-read-timeout": "45.0", "X-Idempotency-Key": "tinkex-retry-floor",
+        "Content-Type": "application/json", "x-stainless-retry-count": "0",
+    }
+
+
+ASAMPLE_HEADERS = {"X-Tinker-Sampling-Backpressure": "1", "x-sdk-method": "SamplingClient.sample"}
+POLL_HEADERS = {"X-Tinker-Request-Iteration": "0", "X-Tinker-Request-Type": "Sample",
+                "X-Stainless-Raw-Response": "raw", "X-Tinker-Create-Promise-Roundtrip-Time": "0.0"}
+
+
+def _bodies(sampling_session_id: str, request: Dict[str, Any], first_seq: int) -> Callable[[int], bytes]:
+    def body(i: int) -> bytes:
+        return json.dumps(dict(request, seq_id=first_seq + i, sampling_session_id=sampling_session_id)).encode()
+    return body
+
+
+def _finished(status: int, content_type: str, data: bytes) -> bool:
+    if status != 200:
+        raise RuntimeError(f"retrieve_future answered {status}: {data[:200]!r}")
+    return "protobuf" in content_type or b'"try_again"' not in data
+
+
+def _retrieve(post: Callable[[str, bytes], tuple], request_id: str) -> None:
+    """Poll as the protocol says: metadata first, then the result."""
+    metadata_only = True
+    while True:
+        poll = json.dumps({"request_id": request_id, "allow_metadata_only": metadata_only}).encode()
+        status, content_type, data = post("/api/v1/retrieve_future", poll)
+        if metadata_only and status == 200 and b'"complete_metadata"' in data:
+            metadata_only = False
+            continue
+        if _finished(status, content_type, data):
+            return
+
+
+def http_client_loop(url: str, api_key: str, sampling_session_id: str, request: Dict[str, Any]) -> Loop:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80)
+    headers = _headers(api_key)
+    per_path = {"/api/v1/asample": dict(headers, **ASAMPLE_HEADERS),
+                "/api/v1/retrieve_future": dict(headers, **POLL_HEADERS)}
+    body = _bodies(sampling_session_id, request, 3 * 10**9)
+    seq = [0]
+
+    def post(path: str, payload: bytes) -> tuple:
+        conn.request("POST", path, payload, per_path[path])
+        answer = conn.getresponse()
+        return answer.status, answer.getheader("content-type", ""), answer.read()
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            _, _, data = post("/api/v1/asample", body(seq[0]))
+            seq[0] += 1
+            _retrieve(post, json.loads(data)["request_id"])
+
+    return run
+
+
+def urllib3_loop(url: str, api_key: str, sampling_session_id: str, request: Dict[str, Any]) -> Loop:
+    parts = urlsplit(url)
+    pool = urllib3.HTTPConnectionPool(parts.hostname or "127.0.0.1", parts.port or 80, maxsize=1)
+    headers = _headers(api_key)
+    per_path = {"/api/v1/asample": dict(headers, **ASAMPLE_HEADERS),
+                "/api/v1/retrieve_future": dict(headers, **POLL_HEADERS)}
+    body = _bodies(sampling_session_id, request, 4 * 10**9)
+    seq = [0]
+
+    def post(path: str, payload: bytes) -> tuple:
+        answer = pool.urlopen("POST", path, body=payload, headers=per_path[path], retries=False)
+        return answer.status, answer.headers.get("content-type", ""), answer.data
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            _, _, data = post("/api/v1/asample", body(seq[0]))
+            seq[0] += 1
+            _retrieve(post, json.loads(data)["request_id"])
+
+    return run
+
+
+def cpu_us_per_sample(loop: Loop, n: int) -> float:
+    """Process CPU (every thread) per sample of ``n`` samples run one at a time."""
+    cpu0 = time.process_time()
+    loop(n)
+    return 1e6 * (time.process_time() - cpu0) / n
