@@ -184,13 +184,13 @@ def fault_free(cache: Dict[int, List[Optional[Outcome]]], seed: int, jobs: List[
 
 
 def chaos_round(seed: int, reference_cache: Dict[int, List[Optional[Outcome]]], samples: int = SAMPLES,
-                faults: str = CHAOS_FAULTS) -> Dict[str, Any]:
+                faults: str = CHAOS_FAULTS, in_flight: int = IN_FLIGHT, **server_options: Any) -> Dict[str, Any]:
     jobs = workload(samples, seed)
     expected = fault_free(reference_cache, seed, jobs)
     seen: Dict[str, Any] = {}
-    with ServerProcess(faults=f"seed={seed},{faults}", **SERVER_OPTIONS) as server:
+    with ServerProcess(faults=f"seed={seed},{faults}", **{**SERVER_OPTIONS, **server_options}) as server:
         # Read the server's records before close(): finishing the session forgets them.
-        run = run_jobs(server.base_url, jobs, IN_FLIGHT, lambda: seen.update(server.stats()))
+        run = run_jobs(server.base_url, jobs, in_flight, lambda: seen.update(server.stats()))
         server_cpu = server.cpu_seconds()
     stats = seen
     failures = [(i, repr(e)) for i, e in enumerate(run.errors) if e is not None]
@@ -202,7 +202,7 @@ def chaos_round(seed: int, reference_cache: Dict[int, List[Optional[Outcome]]], 
     records = check_server_records(stats, run.sampling_session_id, len(jobs))
     assert stats["faults_total"] > samples * 0.1, stats["faults"]
     summary = {
-        "seed": seed, "samples": len(jobs), "in_flight": IN_FLIGHT, "seconds": round(run.seconds, 1),
+        "seed": seed, "samples": len(jobs), "in_flight": in_flight, "seconds": round(run.seconds, 1),
         "client_cpu_s": round(run.client_cpu, 1), "server_cpu_s": round(server_cpu, 1),
         "faults": stats["faults"], "lost": 0, "duplicated": 0, "hung": 0, **records,
     }
@@ -224,6 +224,30 @@ def test_chaos_full_size_with_milder_asample_rate_limits(reference: Dict[int, Li
     reference.pop(101, None)
     assert summary["samples"] == FULL_SIZE_SAMPLES and summary["in_flight"] == IN_FLIGHT
     assert summary["faults"].get("429", 0) > 0 and summary["faults"].get("drop_after", 0) > 0
+
+
+# At scale (issue: thousands in flight): the full size at 2,000 in flight, in default mode (a worker
+# per in-flight sample) and in poller mode (one retrieve_futures poller, no thread per waiting sample).
+SCALE_IN_FLIGHT = int(os.environ.get("TINKEX_CHAOS_SCALE_IN_FLIGHT", "2000"))
+MODES = {"default": {}, "poller": {"client_config": {"sample_use_retrieve_futures": True}}}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_chaos_full_size_at_thousands_in_flight(reference: Dict[int, List[Optional[Outcome]]],
+                                                caplog: pytest.LogCaptureFixture, mode: str) -> None:
+    caplog.set_level(logging.INFO, logger=__name__)
+    fault_free(reference, 202, workload(FULL_SIZE_SAMPLES, 202))
+    gc.collect()
+    threads_before, rss_before = threading.active_count(), rss_bytes()
+    summary = chaos_round(202, reference, FULL_SIZE_SAMPLES, FULL_SIZE_FAULTS, in_flight=SCALE_IN_FLIGHT,
+                          max_concurrent_generations=SCALE_IN_FLIGHT, **MODES[mode])
+    assert summary["samples"] == FULL_SIZE_SAMPLES and summary["in_flight"] == SCALE_IN_FLIGHT
+    assert_threads_return(threads_before)
+    gc.collect()
+    grown = rss_bytes() - rss_before
+    logger.info("%s mode at %d in flight: %s; RSS after close +%.1f MiB", mode, SCALE_IN_FLIGHT, summary,
+                grown / 2**20)
+    assert grown < 64 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB and stayed after close()"
 
 
 def open_fds() -> int:
