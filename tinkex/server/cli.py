@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .._help import DefaultsHelpFormatter
 from ..errors import ValidationError
@@ -66,17 +67,44 @@ def _server(args: argparse.Namespace) -> LocalServer:
     )
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGTERM or Ctrl-C (KeyboardInterrupt propagates to the caller)."""
-    stop = threading.Event()
+class _StopSignals:
+    """SIGTERM (and, once serving, SIGINT) as a byte written to a pipe the main thread reads.
 
-    def on_term(_signum: int, _frame: Any) -> None:
-        stop.set()
+    A signal handler may interrupt itself: GNU ``timeout`` sends SIGTERM twice in a row, and a
+    handler that takes a lock (``threading.Event.set`` does) deadlocks when the second signal
+    lands while the first holds it. Writing to a non-blocking pipe takes no lock, so any number
+    of signals, at any moment, only add bytes. Main thread only (``install`` is a no-op elsewhere).
+    """
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_term)
-    while not stop.wait(0.5):
-        pass
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._previous: Dict[int, Any] = {}
+
+    def install(self, signum: int) -> None:
+        if threading.current_thread() is threading.main_thread() and signum not in self._previous:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        try:
+            os.write(self._write_fd, b"\0")
+        except OSError:  # the pipe is full (a signal storm) or closed: one byte is enough
+            pass
+
+    def wait(self) -> None:
+        """Block until a signal arrived (KeyboardInterrupt from a default SIGINT handler propagates)."""
+        os.read(self._read_fd, 1)
+
+    def release(self, *, stopping: bool = False) -> None:
+        """Restore the handlers found at install and close the pipe. When ``stopping`` (we exit
+        because of a signal), a late duplicate of a default-handled signal is ignored rather
+        than killing the process during its own orderly exit."""
+        for signum, previous in self._previous.items():
+            default = previous in (signal.SIG_DFL, None)
+            signal.signal(signum, signal.SIG_IGN if stopping and default else previous)
+        self._previous.clear()
+        for fd in (self._read_fd, self._write_fd):
+            os.close(fd)
 
 
 def _banner(server: LocalServer, args: argparse.Namespace) -> None:
@@ -91,21 +119,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Ctrl-C before the server was up)."""
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    signals = _StopSignals()
+    signals.install(signal.SIGTERM)  # before start: a SIGTERM during model loading stops us once up
     try:
         server = _server(args)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         server.start()
     except (ValidationError, OSError) as exc:
+        signals.release()
         print(f"tinkex serve: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        signals.release()
         return 130
     try:
+        signals.install(signal.SIGINT)  # a second Ctrl-C while stopping must not interrupt stop()
         _banner(server, args)
-        _wait_for_signal()
+        signals.wait()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
     print("tinkex server stopped", flush=True)
+    signals.release(stopping=True)
     return 0
