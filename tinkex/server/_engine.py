@@ -31,7 +31,7 @@ from ._stats import Stats
 from .faults import FaultInjector, FaultProfile
 from .model import LanguageModel
 from .scheduler import Scheduler
-from .store import EXPIRED, FINISHED, RequestRecord, SamplingSession, Store
+from .store import EXPIRED, FINISHED, QUEUED, RUNNING, RequestRecord, SamplingSession, Store
 
 __all__ = ["Engine"]
 
@@ -78,6 +78,7 @@ class Engine:
             stats=self.stats,
             token_delay_s=settings.token_delay_s,
             inline_cheap=settings.inline_cheap_models,
+            inline_max_tokens=settings.inline_max_tokens,
         )
 
     # configuration ------------------------------------------------------------------------
@@ -116,6 +117,12 @@ class Engine:
 
     def create_session(self, owner: str, body: Any) -> Dict[str, Any]:
         request = CreateSessionRequest.from_json(body)
+        limit = self.settings.max_sessions_per_key
+        if self.store.active_sessions[owner] >= limit:
+            raise too_many(
+                f"this API key already has {limit} active sessions; finish some (sessions/{{id}}/finish) "
+                "or let them expire before creating more"
+            )
         info = {"tags": list(request.tags), "sdk_version": request.sdk_version, "project_id": request.project_id}
         session = self.store.new_session(owner, info)
         self.stats.count("sessions_created")
@@ -202,6 +209,7 @@ class Engine:
         if sampler is not None:
             self._check_pending(sampler)
         plan = plan_request(request, body, self.models[name], self.settings)
+        self._check_pending_work(owner, plan.work_tokens)
         record = RequestRecord(
             owner=owner,
             session=sampler.session if sampler else None,
@@ -213,6 +221,7 @@ class Engine:
             now=self.clock(),
             streaming=streaming,
             generations=previous.generations if previous is not None else 0,
+            work=plan.work_tokens,
         )
         if previous is not None:
             self.store.replace_pair(previous, record)
@@ -239,6 +248,18 @@ class Engine:
                 f"session {sampler.session.session_id!r} already has {limit} unfinished requests",
                 queue_state="paused_rate_limit",
                 queue_state_reason=f"per-session limit of {limit} unfinished requests reached",
+            )
+
+    def _check_pending_work(self, owner: str, work: int) -> None:
+        """429 when this key's unfinished requests already hold its token budget (a key with
+        nothing pending is always admitted, so a request under the per-request cap never waits forever)."""
+        pending, limit = self.store.pending_work[owner], self.settings.max_pending_tokens_per_key
+        if pending and pending + work > limit:
+            raise too_many(
+                f"this API key's unfinished requests already ask for {pending} tokens; {work} more would exceed "
+                f"the limit of {limit}",
+                queue_state="paused_rate_limit",
+                queue_state_reason=f"per-key limit of {limit} pending tokens reached",
             )
 
     def cancel(self, owner: str, body: Any) -> Dict[str, Any]:
@@ -280,11 +301,28 @@ class Engine:
     def records(self) -> list:
         return [record.summary() for record in self.store.records.values()]
 
+    def snapshot_for(self, owner: str) -> Dict[str, Any]:
+        """What ``/admin/stats`` shows one key: its own sessions and requests, no server-wide counters."""
+        sessions = [s for s in self.store.sessions.values() if s.owner == owner]
+        records = [r for r in self.store.records.values() if r.owner == owner]
+        return {
+            "scope": "key",
+            "sessions_active": sum(1 for s in sessions if s.is_active),
+            "sessions_known": len(sessions),
+            "sessions_ended": {state: sum(1 for s in sessions if s.state == state) for state in (FINISHED, EXPIRED)},
+            "records": len(records),
+            "running": sum(1 for r in records if r.state == RUNNING),
+            "queued": sum(1 for r in records if r.state == QUEUED),
+            "pending_tokens": self.store.pending_work[owner],
+            "generations": [_generation_row(r.summary()) for r in records],
+        }
+
     def snapshot(self) -> Dict[str, Any]:
-        """Everything ``/admin/stats`` reports."""
+        """Everything ``/admin/stats`` reports to the admin key (and ``LocalServer.stats()``)."""
         out = self.stats.snapshot()
         store = self.store
         out.update(
+            scope="server",
             sessions_active=sum(1 for s in store.sessions.values() if s.is_active),
             sessions_known=len(store.sessions),
             sessions_ended={
@@ -293,10 +331,11 @@ class Engine:
             records=len(store.records),
             running=self.scheduler.running,
             queued=self.scheduler.queued,
-            generations=[
-                {k: r[k] for k in ("sampling_session_id", "seq_id", "request_id", "generations")}
-                for r in self.records()
-            ],
+            generations=[_generation_row(r) for r in self.records()],
             faults_profile=self.faults.profile.to_spec(),
         )
         return out
+
+
+def _generation_row(summary: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: summary[k] for k in ("sampling_session_id", "seq_id", "request_id", "generations")}

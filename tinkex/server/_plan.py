@@ -31,6 +31,7 @@ class GenerationPlan:
     topk_sample: int = 0
     prompt_logprobs_last_n: Optional[int] = None
     unsupported: Optional[str] = None
+    work_tokens: int = 0
 
     @property
     def is_cheap(self) -> bool:
@@ -76,6 +77,20 @@ def _check_limits(request: SampleRequest, model: LanguageModel, settings: Server
         raise bad_request(f"prompt_alt_tokens_k={request.prompt_alt_tokens_k} must be >= 0")
 
 
+def _work_tokens(request: SampleRequest, prompt: List[int], model: LanguageModel, settings: ServerSettings) -> int:
+    """The most tokens the request can generate; a 400 naming the fields when over the cap."""
+    per_sample = model.generation_limit(len(prompt), request.sampling_params)
+    work = request.num_samples * per_sample
+    if work > settings.max_request_tokens:
+        max_tokens = request.sampling_params.max_tokens
+        asked = f"max_tokens={max_tokens}" if max_tokens is not None else f"the default length of {per_sample}"
+        raise bad_request(
+            f"num_samples={request.num_samples} times {asked} is {work} tokens, more than this server's "
+            f"limit of {settings.max_request_tokens} per request; ask for fewer samples or tokens"
+        )
+    return work
+
+
 def _last_n(raw: Mapping[str, Any], wants_prompt_logprobs: bool) -> Optional[int]:
     value = raw.get("prompt_logprobs_last_n")
     if value is None:
@@ -116,4 +131,5 @@ def plan_request(
         topk_sample=request.topk_sample_logprobs,
         prompt_logprobs_last_n=_last_n(raw, wants_prompt_logprobs),
         unsupported=_unsupported(request, raw),
+        work_tokens=_work_tokens(request, prompt, model, settings),
     )

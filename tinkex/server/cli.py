@@ -36,6 +36,9 @@ def build_parser(prog: str = "tinkex serve") -> argparse.ArgumentParser:
         "--faults", metavar="SPEC", help="fault profile: a spec string or JSON (see tinkex.server.faults)"
     )
     parser.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="accepted key, repeatable")
+    parser.add_argument(
+        "--admin-key", metavar="KEY", help="key whose /api/v1/admin/stats shows every key's sessions (default: random)"
+    )
     parser.add_argument("--token-delay-ms", type=float, default=0.0, help="simulated decoding time per token")
     parser.add_argument("--corpus", metavar="FILE", help="train the n-gram model on FILE instead of the Python docs")
     parser.add_argument("--cache-dir", metavar="DIR", help="where the trained n-gram model is cached")
@@ -55,6 +58,7 @@ def _server(args: argparse.Namespace) -> LocalServer:
         port=args.port,
         models=models,
         api_keys=args.api_keys,
+        admin_key=args.admin_key,
         faults=args.faults,
         token_delay_ms=args.token_delay_ms,
         poll_hold_s=args.poll_hold_s,
