@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, Optional, Tuple
+import json
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import attrs
 
-from ..errors import ValidationError
+from ..errors import DecodeError, ValidationError
+from ..types import ClientConfig, DynamicConfig
 
-__all__ = ["ServerSettings", "is_loopback_host"]
+__all__ = ["ServerSettings", "is_loopback_host", "split_config_flags", "parse_config_flag", "DYNAMIC_FLAGS"]
 
 
 def _positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -41,9 +43,62 @@ def _keys(value: Any) -> Tuple[str, ...]:
 def _config_dict(value: Any) -> Dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ValidationError(f"expected a dict of flags, got {type(value).__name__}", field="config", value=value)
     return dict(value)
+
+
+def _flags_of(kind: Any) -> Callable[[Any, attrs.Attribute, Dict[str, Any]], None]:
+    """A validator: every known flag of ``kind`` (ClientConfig / DynamicConfig) has its type."""
+
+    def check(_instance: Any, attribute: attrs.Attribute, flags: Dict[str, Any]) -> None:
+        for name, value in flags.items():
+            try:
+                kind.from_json({name: value})
+            except DecodeError as exc:
+                raise ValidationError(
+                    f"{attribute.name}: flag {name!r} has the wrong type: {exc}", field=name, value=value
+                ) from None
+
+    return check
+
+
+DYNAMIC_FLAGS = frozenset(attrs.fields_dict(DynamicConfig))
+
+
+def split_config_flags(
+    client_config: Optional[Mapping[str, Any]], dynamic_config: Optional[Mapping[str, Any]] = None
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(client/config flags, client/dynamic_config flags)``: a flag the protocol serves from
+    ``dynamic_config`` (``sample_cancel_enabled``, ``sample_cancel_max_batch_size``,
+    ``refresh_interval_sec``) moves there from ``client_config``; explicit ``dynamic_config`` wins.
+
+    Example:
+        >>> split_config_flags({"sample_use_retrieve_futures": True, "sample_cancel_enabled": True})
+        ({'sample_use_retrieve_futures': True}, {'sample_cancel_enabled': True})
+    """
+    client = _config_dict(client_config)
+    dynamic = {name: client.pop(name) for name in list(client) if name in DYNAMIC_FLAGS}
+    dynamic.update(_config_dict(dynamic_config))
+    return client, dynamic
+
+
+def parse_config_flag(text: str) -> Tuple[str, Any]:
+    """``KEY=VALUE`` from the command line: VALUE as JSON (``true``, ``8``, ``"x"``), else the
+    plain string.
+
+    Example:
+        >>> parse_config_flag("sample_max_concurrent_requests=8"), parse_config_flag("credential_default_source=x")
+        (('sample_max_concurrent_requests', 8), ('credential_default_source', 'x'))
+    """
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise ValidationError(f"expected KEY=VALUE, got {text!r}", field="client_config", value=text)
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
 
 
 _DESCRIPTOR_RESERVE = 64  # kept free for the listening socket, the model cache, logs, pipes
@@ -143,8 +198,10 @@ class ServerSettings:
     sse_keepalive_s: float = attrs.field(default=10.0, validator=_positive)
     jwt_enabled: bool = False
     jwt_ttl_s: float = attrs.field(default=3600.0, validator=_positive)
-    client_config: Dict[str, Any] = attrs.field(factory=dict, converter=_config_dict)
-    dynamic_config: Dict[str, Any] = attrs.field(factory=dict, converter=_config_dict)
+    client_config: Dict[str, Any] = attrs.field(factory=dict, converter=_config_dict, validator=_flags_of(ClientConfig))
+    dynamic_config: Dict[str, Any] = attrs.field(
+        factory=dict, converter=_config_dict, validator=_flags_of(DynamicConfig)
+    )
     inline_cheap_models: bool = True
     shutdown_timeout_s: float = attrs.field(default=1.0, validator=_non_negative)
     max_connections_per_peer: Optional[int] = attrs.field(

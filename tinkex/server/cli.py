@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .._help import DefaultsHelpFormatter
 from ..errors import ValidationError
+from ._settings import parse_config_flag
 from .local import LocalServer
 from .model import available_models
 
@@ -46,6 +47,11 @@ def build_parser(prog: str = "tinkex serve") -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent-generations", type=int, default=4, help="generations at once")
     parser.add_argument("--session-expiry-s", type=float, default=300.0, help="session lifetime without heartbeats")
     parser.add_argument("--promise-expiry-s", type=float, default=600.0, help="lifetime of an unretrieved result")
+    parser.add_argument(
+        "--client-config", action="append", dest="client_config", metavar="KEY=VALUE", default=[],
+        help="announce a client-config flag, VALUE as JSON; repeatable "
+             "(e.g. sample_use_retrieve_futures=true sample_max_concurrent_requests=64 sample_cancel_enabled=true)",
+    )  # fmt: skip
     parser.add_argument("--jwt", action="store_true", help="ask clients to exchange their key for a JWT")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -68,6 +74,7 @@ def _server(args: argparse.Namespace) -> LocalServer:
         corpus_path=args.corpus,
         cache_dir=args.cache_dir,
         jwt_enabled=args.jwt,
+        client_config=dict(parse_config_flag(text) for text in args.client_config),
     )
 
 

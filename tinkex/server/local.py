@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ._connections import ConnectionGuard, GuardedSite
 from ._engine import Engine
-from ._settings import ServerSettings
+from ._settings import ServerSettings, split_config_flags
 from ._workers import DaemonExecutor
 from .app import create_app
 from .faults import FaultProfile
@@ -62,7 +62,10 @@ class LocalServer:
         max_concurrent_generations: generations at once; more queue as ``paused_capacity``.
         session_expiry_s: sessions without a heartbeat for this long expire.
         promise_expiry_s: unretrieved results are forgotten (410) after this.
-        client_config: ``client/config`` flags, e.g. ``{"sample_max_concurrent_requests": 8}``.
+        client_config: flags the server announces to clients, e.g.
+            ``{"sample_use_retrieve_futures": True, "sample_max_concurrent_requests": 8}``; those
+            the protocol serves from ``client/dynamic_config`` (``sample_cancel_enabled``,
+            ``sample_cancel_max_batch_size``, ``refresh_interval_sec``) are answered there.
         dynamic_config: ``client/dynamic_config`` flags, e.g. ``{"sample_cancel_enabled": True}``.
         corpus_path: train the n-gram model on this file instead of the Python docs.
         cache_dir: where the trained n-gram model is cached.
@@ -98,6 +101,7 @@ class LocalServer:
         clock: Optional[Callable[[], float]] = None,
         **options: Any,
     ) -> None:
+        client_config, dynamic_config = split_config_flags(client_config, dynamic_config)
         self.settings = ServerSettings(
             host=host,
             port=port,
