@@ -33,6 +33,7 @@ from tinkex.types import (
     DynamicConfig,
     EncodedTextChunk,
     FinishSessionRequest,
+    FutureCompletion,
     FutureRetrieveRequest,
     GetSamplerResponse,
     ImageChunk,
@@ -42,11 +43,14 @@ from tinkex.types import (
     QueueState,
     RequestErrorCategory,
     RequestFailedResponse,
+    RetrieveFuturesRequest,
+    RetrieveFuturesResponse,
     SampledSequence,
     SamplePromise,
     SampleRequest,
     SampleResponse,
     SamplingParams,
+    SamplingSessionTarget,
     ServerCapabilities,
     SessionHeartbeatRequest,
     StopReason,
@@ -120,6 +124,17 @@ EXAMPLES: List[Any] = [
     SupportedModel(model_name="m", max_context_length=4096, trainable=False, sampleable=True, tokenizer_id="t"),
     ServerCapabilities(),
     ServerCapabilities(supported_models=[SupportedModel(model_name="m")]),
+    CreateSessionResponse(session_id="s", type="create_session"),
+    SamplingSessionTarget(sampling_session_id="s:sample:0", cloned_sampler_id=2),
+    RetrieveFuturesRequest(target=SamplingSessionTarget(sampling_session_id="s:sample:0")),
+    RetrieveFuturesRequest(
+        target=SamplingSessionTarget(sampling_session_id="s:sample:0", cloned_sampler_id=1), prev_cursor=3,
+        timeout=0.0, retrieved_request_ids=["r1", "r2"],
+    ),  # fmt: skip
+    FutureCompletion(state="failed", request_id="r1"),
+    FutureCompletion(state="finished", request_id="r1", response_payload_uncompressed_size=96),
+    RetrieveFuturesResponse(),
+    RetrieveFuturesResponse(completions=[FutureCompletion(state="finished", request_id="r1")], cursor=1),
 ]
 
 
@@ -255,7 +270,8 @@ def test_spec_examples_decode(value: Any, wire: bytes) -> None:
         (JoinSamplingSessionResponse, b'{"client_counter":1}', JoinSamplingSessionResponse(client_counter=1)),
         (DynamicConfig, b"{}", DynamicConfig()),
         (ClientConfig, b"{}", ClientConfig()),
-        (CreateSessionResponse, b'{"session_id":"s","type":"create_session"}', CreateSessionResponse("s")),
+        (CreateSessionResponse, b'{"session_id":"s","type":"create_session"}',
+         CreateSessionResponse("s", type="create_session")),
         (
             ServerCapabilities,
             b'{"supported_models":[{"model_name":"m","max_context_length":8,"trainable":false,"sampleable":true}]}',

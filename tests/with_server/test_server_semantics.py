@@ -8,7 +8,7 @@ from typing import Callable
 from tests.with_server.conftest import PROTOBUF, FakeClock, RawApi, sample_body
 from tinkex._wire.proto import decode_sample_response
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL
+from tinkex.server.models import DEFAULT_MODEL
 
 SLOW = {"max_tokens": 200}  # with token_delay_ms=50: 10 s of generation, always cancelled first
 

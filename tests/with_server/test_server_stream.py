@@ -12,7 +12,7 @@ import pytest
 from tests.with_server.conftest import RawApi, sample_body
 from tinkex._wire.proto import decode_sample_response
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL
+from tinkex.server.models import DEFAULT_MODEL
 
 Event = Tuple[float, str, Dict[str, Any]]
 

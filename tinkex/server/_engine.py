@@ -16,12 +16,18 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from ..types import (
     ClientConfig,
     CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse,
     CreateSessionRequest,
+    CreateSessionResponse,
     DynamicConfig,
     FinishSessionRequest,
+    GetSamplerResponse,
     JoinSamplingSessionRequest,
+    JoinSamplingSessionResponse,
     SampleRequest,
+    ServerCapabilities,
     SessionHeartbeatRequest,
+    SupportedModel,
 )
 from ._auth import Authenticator
 from ._plan import plan_request
@@ -29,7 +35,7 @@ from ._problems import bad_request, too_many
 from ._settings import ServerSettings
 from ._stats import Stats
 from .faults import FaultInjector, FaultProfile
-from .model import LanguageModel
+from .models import LanguageModel
 from .scheduler import Scheduler
 from .store import EXPIRED, FINISHED, QUEUED, RUNNING, RequestRecord, SamplingSession, Store
 
@@ -95,18 +101,14 @@ class Engine:
         return flags
 
     def capabilities(self) -> Dict[str, Any]:
-        return {
-            "supported_models": [
-                {
-                    "model_name": name,
-                    "max_context_length": model.max_context_length,
-                    "trainable": False,
-                    "sampleable": True,
-                    "tokenizer_id": model.tokenizer_id,
-                }
-                for name, model in self.models.items()
-            ]
-        }
+        models = [
+            SupportedModel(
+                model_name=name, max_context_length=model.max_context_length, trainable=False, sampleable=True,
+                tokenizer_id=model.tokenizer_id,
+            )  # fmt: skip
+            for name, model in self.models.items()
+        ]
+        return ServerCapabilities(supported_models=models).to_json()
 
     def set_faults(self, profile: FaultProfile) -> None:
         """Replace the fault profile; pause windows count from now, the dice restart from the seed."""
@@ -126,7 +128,7 @@ class Engine:
         info = {"tags": list(request.tags), "sdk_version": request.sdk_version, "project_id": request.project_id}
         session = self.store.new_session(owner, info)
         self.stats.count("sessions_created")
-        return {"session_id": session.session_id, "type": "create_session"}
+        return CreateSessionResponse(session_id=session.session_id, type="create_session").to_json()
 
     def heartbeat(self, owner: str, body: Any) -> Dict[str, Any]:
         request = SessionHeartbeatRequest.from_json(body)
@@ -156,23 +158,26 @@ class Engine:
         sampler = self.store.new_sampling_session(
             owner, request.session_id, request.sampling_session_seq_id, name, request.model_path
         )
-        return {"sampling_session_id": sampler.sampling_session_id, "type": "create_sampling_session"}
+        sampler_id = sampler.sampling_session_id
+        return CreateSamplingSessionResponse(sampling_session_id=sampler_id, type="create_sampling_session").to_json()
 
     def get_sampler(self, owner: str, sampling_session_id: str) -> Dict[str, Any]:
         sampler = self.store.sampling_session(owner, sampling_session_id)
-        return {
-            "sampler_id": sampler.sampling_session_id,
-            "base_model": sampler.base_model,
-            "model_path": sampler.model_path,
-            "tokenizer_id": self.models[sampler.base_model].tokenizer_id,
-        }
+        answer = GetSamplerResponse(
+            sampler_id=sampler.sampling_session_id,
+            base_model=sampler.base_model,
+            model_path=sampler.model_path,
+            tokenizer_id=self.models[sampler.base_model].tokenizer_id,
+        ).to_json()
+        answer.setdefault("model_path", None)  # protocol 4.7: the service sends null rather than leaving it out
+        return answer
 
     def join(self, owner: str, body: Any) -> Dict[str, Any]:
         request = JoinSamplingSessionRequest.from_json(body)
         sampler = self.store.sampling_session(owner, request.sampling_session_id)
         self.store.live_session(owner, sampler.session.session_id)
         sampler.clients += 1
-        return {"client_counter": sampler.clients, "type": "join_sampling_session"}
+        return JoinSamplingSessionResponse(client_counter=sampler.clients, type="join_sampling_session").to_json()
 
     def model_name(self, base_model: Optional[str], model_path: Optional[str]) -> str:
         """The served model a request names, by ``base_model`` or ``tinker://<model name>``."""

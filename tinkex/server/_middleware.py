@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .._wire.codec import dumps
 from ..errors import DecodeError, ValidationError
+from ..types import QueueState, TryAgainResponse
 from ._connections import ConnectionGuard
 from ._engine import Engine
 from ._problems import Problem
@@ -171,11 +172,12 @@ async def _status_fault(engine: Engine, request: web.Request, kind: str) -> web.
         return json_response({"detail": detail}, status)
     pause = engine.pause_state()
     state, reason = (pause[0], pause[1]) if pause else ("paused_rate_limit" if status == 429 else "active", None)
+    if status == 408:  # shaped like a try_again answer (protocol 4.9), with the fault's detail
+        try_again = TryAgainResponse(await _request_id(request), QueueState.parse(state), reason)
+        return json_response({**try_again.to_json(), "detail": detail}, status)
     body: Dict[str, Any] = {"detail": detail, "queue_state": state}
     if reason:
         body["queue_state_reason"] = reason
-    if status == 408:
-        body = {"type": "try_again", "request_id": await _request_id(request), **body}
     return json_response(body, status)
 
 

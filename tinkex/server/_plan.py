@@ -9,7 +9,7 @@ import attrs
 from ..types import EncodedTextChunk, SampleRequest, SamplingParams
 from ._problems import bad_request
 from ._settings import ServerSettings
-from .model import ECHO_MODEL, LanguageModel
+from .models import LanguageModel
 
 __all__ = ["GenerationPlan", "plan_request"]
 
@@ -35,7 +35,7 @@ class GenerationPlan:
 
     @property
     def is_cheap(self) -> bool:
-        return bool(getattr(self.model, "is_cheap", False)) or self.model.name == ECHO_MODEL
+        return self.model.is_cheap
 
 
 def _prompt_tokens(request: SampleRequest, model: LanguageModel) -> List[int]:

@@ -19,7 +19,7 @@ from .._help import DefaultsHelpFormatter
 from ..errors import ValidationError
 from ._settings import parse_config_flag
 from .local import LocalServer
-from .model import available_models
+from .models import available_models
 
 __all__ = ["main", "build_parser"]
 

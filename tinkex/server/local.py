@@ -18,7 +18,7 @@ from ._settings import ServerSettings, split_config_flags
 from ._workers import DaemonExecutor
 from .app import create_app
 from .faults import FaultProfile
-from .model import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, load_model
+from .models import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, load_model
 
 __all__ = ["LocalServer", "DEFAULT_LOCAL_KEY"]
 

@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Any, Callable, Counter, Deque, Dict, List, Optional, Set, Tuple
 
-from ..types import SampleResponse
+from ..types import SamplePromise, SampleResponse
 from ._problems import Problem, gone, not_found
 from ._settings import ServerSettings
 
@@ -136,7 +136,7 @@ class RequestRecord:
         return self.state in PENDING_STATES
 
     def promise(self) -> Dict[str, Any]:
-        return {"request_id": self.request_id, "model_id": self.model_name, "sample_sequence_ids": self.sequence_ids}
+        return SamplePromise(self.request_id, self.model_name, self.sequence_ids).to_json()
 
     def summary(self) -> Dict[str, Any]:
         """For tests and ``/admin/stats``: identity, state and how many times it was generated."""

@@ -19,6 +19,7 @@ from ._answers import (
     TryAgainResponse,
 )
 from ._model_input import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput, ModelInputChunk
+from ._poller import FutureCompletion, RetrieveFuturesRequest, RetrieveFuturesResponse, SamplingSessionTarget
 from ._sampling import (
     QueueState,
     RequestErrorCategory,
@@ -54,6 +55,10 @@ __all__ = [
     "ModelInput",
     "ModelInputChunk",
     "CompleteMetadataResponse",
+    "FutureCompletion",
+    "RetrieveFuturesRequest",
+    "RetrieveFuturesResponse",
+    "SamplingSessionTarget",
     "QueueState",
     "RequestErrorCategory",
     "RequestFailedResponse",

@@ -31,12 +31,20 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
-from ..errors import ValidationError
-from ..types import SamplingParams
-from .model import DEFAULT_MODEL, Generation, LanguageModel, StopMatcher, TopkRow, check_topk
+from ..._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
+from ...errors import ValidationError
+from ...types import SamplingParams
+from .base import (
+    Generation,
+    LanguageModel,
+    StopMatcher,
+    TopkRow,
+    check_topk,
+)
 
-__all__ = ["NGramModel", "ORDER", "MODEL_VERSION"]
+__all__ = ["NGramModel", "NGRAM_MODEL", "ORDER", "MODEL_VERSION"]
+
+NGRAM_MODEL = "tinkex/ngram-small"
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +235,7 @@ class NGramModel(LanguageModel):
         b'at sat o'
     """
 
-    name = DEFAULT_MODEL
+    name = NGRAM_MODEL
 
     def __init__(self, grams: Grams, *, cache_path: Optional[str] = None, from_cache: bool = False) -> None:
         self.grams = grams
@@ -258,7 +266,7 @@ class NGramModel(LanguageModel):
         began = time.perf_counter()
         grams = count_ngrams(stream)
         elapsed = time.perf_counter() - began
-        logger.info("trained %s on %d tokens in %.2f s", DEFAULT_MODEL, len(stream), elapsed)
+        logger.info("trained %s on %d tokens in %.2f s", NGRAM_MODEL, len(stream), elapsed)
         _write_cache(path, grams)
         return cls(grams, cache_path=path)
 
@@ -358,7 +366,7 @@ def default_documents() -> List[bytes]:
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions strip pydoc_data; builtins' docstrings are always there
-        logger.warning("pydoc_data is missing; training %s on builtins' docstrings", DEFAULT_MODEL)
+        logger.warning("pydoc_data is missing; training %s on builtins' docstrings", NGRAM_MODEL)
         import builtins
 
         docs = (obj.__doc__ for obj in vars(builtins).values())

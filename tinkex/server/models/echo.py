@@ -12,10 +12,19 @@ import math
 import struct
 from typing import List, Optional, Sequence, Tuple
 
-from ..types import SamplingParams
-from .model import ECHO_MODEL, Generation, LanguageModel, StopMatcher, TopkRow, check_prompt, check_topk
+from ...types import SamplingParams
+from .base import (
+    Generation,
+    LanguageModel,
+    StopMatcher,
+    TopkRow,
+    check_prompt,
+    check_topk,
+)
 
-__all__ = ["EchoModel"]
+__all__ = ["EchoModel", "ECHO_MODEL"]
+
+ECHO_MODEL = "tinkex/echo"
 
 # Rounded through float32 like every logprob the models report.
 _UNIFORM_LOGPROB = struct.unpack("<f", struct.pack("<f", -math.log(258)))[0]
@@ -43,6 +52,7 @@ class EchoModel(LanguageModel):
     """
 
     name = ECHO_MODEL
+    is_cheap = True
     default_max_tokens = 16
 
     def start(self, prompt: Sequence[int], params: SamplingParams, sample_index: int = 0) -> Generation:
