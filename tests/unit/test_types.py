@@ -40,6 +40,7 @@ from tinkex.types import (
     JoinSamplingSessionRequest,
     JoinSamplingSessionResponse,
     ModelInput,
+    PromptAltTokens,
     QueueState,
     RequestErrorCategory,
     RequestFailedResponse,
@@ -55,6 +56,7 @@ from tinkex.types import (
     SessionHeartbeatRequest,
     StopReason,
     SupportedModel,
+    TensorData,
     TryAgainResponse,
 )
 
@@ -135,6 +137,16 @@ EXAMPLES: List[Any] = [
     FutureCompletion(state="finished", request_id="r1", response_payload_uncompressed_size=96),
     RetrieveFuturesResponse(),
     RetrieveFuturesResponse(completions=[FutureCompletion(state="finished", request_id="r1")], cursor=1),
+    TensorData(data=[5, -1, 7, 8], dtype="int64", shape=[2, 2]),
+    TensorData(data=[0.5], dtype="float32", shape=[2, 2], sparse_crow_indices=[0, 1, 1], sparse_col_indices=[1]),
+    PromptAltTokens(tokens=TensorData(data=[3, 4], dtype="int64", shape=[1, 2]),
+                    logprobs=TensorData(data=[-1.5, -2.0], dtype="float32", shape=[1, 2])),  # fmt: skip
+    SampleResponse(
+        sequences=[SampledSequence(tokens=[1], stop_reason=StopReason.LENGTH)],
+        target_prompt_logprobs=TensorData(data=[-0.25, 0.0], dtype="float32", shape=[1, 2]),
+        prompt_alt_tokens=PromptAltTokens(tokens=TensorData(data=[3], dtype="int64", shape=[1, 1]),
+                                          logprobs=TensorData(data=[-1.5], dtype="float32", shape=[1, 1])),
+    ),  # fmt: skip
 ]
 
 

@@ -213,7 +213,7 @@ class Engine:
         name = sampler.base_model if sampler else self.model_name(request.base_model, request.model_path)
         if sampler is not None:
             self._check_pending(sampler)
-        plan = plan_request(request, body, self.models[name], self.settings)
+        plan = plan_request(request, self.models[name], self.settings)
         self._check_pending_work(owner, plan.work_tokens)
         record = RequestRecord(
             owner=owner,

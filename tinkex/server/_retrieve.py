@@ -28,6 +28,7 @@ from ..types import (
 from ._engine import Engine
 from ._poller import PollerLog
 from ._problems import bad_request, gone
+from ._proto_extras import encode_extras
 from .scheduler import CLONE_STRIDE
 from .store import DONE, RequestRecord, SamplingSession
 
@@ -52,7 +53,7 @@ def encoded_result(record: RequestRecord, protobuf: bool) -> bytes:
         response = record.response
         assert response is not None
         if protobuf:
-            body = encode_sample_response(response)
+            body = encode_sample_response(response) + encode_extras(response)
         else:
             body = dumps(response.with_sequence_ids(record.sequence_ids).to_json())
         record.encoded[key] = body

@@ -81,9 +81,7 @@ class Scheduler:
         record.generations += 1
         self._stats.count("generations")
         plan = record.plan
-        if plan.unsupported is not None:
-            self._complete(record, FAILED, error=plan.unsupported, category="user")
-        elif self._inline_cheap and plan.is_cheap and plan.work_tokens <= self._inline_max_tokens:
+        if self._inline_cheap and plan.is_cheap and plan.work_tokens <= self._inline_max_tokens:
             self._run_inline(record)
         elif self.running < self.max_concurrent:
             self._start(record)

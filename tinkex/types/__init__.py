@@ -47,6 +47,7 @@ from ._session import (
     SessionHeartbeatRequest,
     SupportedModel,
 )
+from ._tensor import PromptAltTokens, TensorData
 
 __all__ = [
     "EncodedTextChunk",
@@ -55,6 +56,8 @@ __all__ = [
     "ModelInput",
     "ModelInputChunk",
     "CompleteMetadataResponse",
+    "PromptAltTokens",
+    "TensorData",
     "FutureCompletion",
     "RetrieveFuturesRequest",
     "RetrieveFuturesResponse",

@@ -7,7 +7,16 @@ Example:
     'tinkex/echo'
 """
 
-from .base import Generation, LanguageModel, StopMatcher, TopkRow, UnknownModelError, check_prompt, check_topk
+from .base import (
+    Generation,
+    LanguageModel,
+    StopMatcher,
+    TopkRow,
+    UnknownModelError,
+    check_prompt,
+    check_token_ids,
+    check_topk,
+)
 from .echo import EchoModel
 from .registry import DEFAULT_MODEL, ECHO_MODEL, NGRAM_MODEL, available_models, load_model
 
@@ -23,6 +32,7 @@ __all__ = [
     "UnknownModelError",
     "available_models",
     "check_prompt",
+    "check_token_ids",
     "check_topk",
     "load_model",
 ]

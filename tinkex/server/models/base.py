@@ -45,6 +45,7 @@ __all__ = [
     "StopMatcher",
     "TopkRow",
     "check_prompt",
+    "check_token_ids",
     "check_topk",
 ]
 
@@ -199,6 +200,24 @@ class LanguageModel(abc.ABC):
             ValidationError: ``k`` is not a positive int, or a bad prompt (see ``start``).
         """
 
+    @abc.abstractmethod
+    def prompt_token_logprobs(self, prompt: Sequence[int], token_rows: Sequence[Sequence[int]]) -> List[List[float]]:
+        """Row ``i``: the float32 logprobs of the ids ``token_rows[i]`` as ``prompt[i + 1]`` given
+        the prompt before it (the distribution ``prompt_logprobs`` scores with), for
+        ``i < len(prompt) - 1``; an id of ``-1`` gets ``0.0``.
+
+        Raises:
+            ValidationError: a bad prompt (see ``start``) or an id outside the vocabulary.
+        """
+
+    @abc.abstractmethod
+    def prompt_alternatives(
+        self, prompt: Sequence[int], k: int, params: SamplingParams
+    ) -> Tuple[List[List[int]], List[List[float]]]:
+        """``(tokens, logprobs)``, each ``len(prompt) - 1`` rows of ``k``: independent draws, with
+        replacement, at ``params.temperature`` (seeded by ``params.seed``) from the distribution
+        over ``prompt[i + 1]``, and their float32 logprobs under the model's own distribution."""
+
     def history(self, prompt: Sequence[int]) -> List[int]:
         """What the model conditions on: the checked prompt after an implicit BOS."""
         tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
@@ -229,6 +248,17 @@ def check_prompt(prompt: Sequence[int], vocab_size: int, max_length: int) -> Lis
             f"prompt token ids must be in [0, {vocab_size}), got {bad!r}", field="prompt", value=bad
         )
     return tokens
+
+
+def check_token_ids(rows: Sequence[Sequence[int]], vocab_size: int) -> None:
+    """Raise ValidationError naming the first id that is neither ``-1`` nor in the vocabulary."""
+    for i, row in enumerate(rows):
+        for j, token in enumerate(row):
+            if token != -1 and not 0 <= token < vocab_size:
+                raise ValidationError(
+                    f"target_prompt_logprobs[{i}][{j}] = {token} is neither -1 nor in [0, {vocab_size})",
+                    field="target_prompt_logprobs", value=token,
+                )  # fmt: skip
 
 
 def check_topk(k: int, vocab_size: int) -> int:

@@ -9,6 +9,7 @@ alike.
 from __future__ import annotations
 
 import math
+import random
 import struct
 from typing import List, Optional, Sequence, Tuple
 
@@ -19,6 +20,7 @@ from .base import (
     StopMatcher,
     TopkRow,
     check_prompt,
+    check_token_ids,
     check_topk,
 )
 
@@ -64,6 +66,20 @@ class EchoModel(LanguageModel):
     def prompt_logprobs(self, prompt: Sequence[int]) -> List[Optional[float]]:
         tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
         return [None] + [_UNIFORM_LOGPROB] * (len(tokens) - 1) if tokens else []
+
+    def prompt_token_logprobs(self, prompt: Sequence[int], token_rows: Sequence[Sequence[int]]) -> List[List[float]]:
+        check_prompt(prompt, self.vocab_size, self.max_context_length)
+        check_token_ids(token_rows, self.vocab_size)
+        return [[0.0 if t == -1 else _UNIFORM_LOGPROB for t in row] for row in token_rows[: max(0, len(prompt) - 1)]]
+
+    def prompt_alternatives(
+        self, prompt: Sequence[int], k: int, params: SamplingParams
+    ) -> Tuple[List[List[int]], List[List[float]]]:
+        tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
+        rng = random.Random(params.seed)  # uniform at any temperature; greedy takes the first id
+        rows = max(0, len(tokens) - 1)
+        draw = (lambda: 0) if params.temperature == 0 else (lambda: rng.randrange(self.vocab_size))
+        return [[draw() for _ in range(k)] for _ in range(rows)], [[_UNIFORM_LOGPROB] * k for _ in range(rows)]
 
     def topk_prompt_logprobs(self, prompt: Sequence[int], k: int) -> List[TopkRow]:
         tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)

@@ -39,6 +39,7 @@ from .base import (
     LanguageModel,
     StopMatcher,
     TopkRow,
+    check_token_ids,
     check_topk,
 )
 
@@ -55,6 +56,7 @@ _BASE = 512  # each token id takes 9 bits of a packed n-gram key; 6 x 9 bits fit
 _DISCOUNT_RANGE = (0.05, 0.95)
 _CACHE_ENTRIES = 16384
 _F32 = struct.Struct("<f")
+_ALTERNATIVES_STREAM = 2**32  # the random stream of prompt_alt_tokens draws: never a sample index
 
 Grams = List[Tuple[np.ndarray, np.ndarray]]  # per n-gram length: (sorted packed keys, counts)
 Chooser = Callable[[np.ndarray, np.random.Generator], int]
@@ -327,6 +329,37 @@ class NGramModel(LanguageModel):
         first = len(history) - len(prompt) + 1
         rows = (self._topk(tuple(history[max(0, j - _CONTEXT) : j]), k) for j in range(first, len(history)))
         return [None, *rows]
+
+    def _prompt_contexts(self, prompt: Sequence[int]) -> List[Tuple[int, ...]]:
+        """The context predicting ``prompt[i + 1]``, for each ``i < len(prompt) - 1``."""
+        history = self.history(prompt)
+        first = len(history) - len(prompt) + 1
+        return [tuple(history[max(0, j - _CONTEXT) : j]) for j in range(first, len(history))]
+
+    def prompt_token_logprobs(self, prompt: Sequence[int], token_rows: Sequence[Sequence[int]]) -> List[List[float]]:
+        check_token_ids(token_rows, self.vocab_size)
+        rows = []
+        for context, ids in zip(self._prompt_contexts(prompt), token_rows):
+            p = self.distribution(context)
+            rows.append([0.0 if t == -1 else _float32(math.log(p[t])) for t in ids])
+        return rows
+
+    def prompt_alternatives(
+        self, prompt: Sequence[int], k: int, params: SamplingParams
+    ) -> Tuple[List[List[int]], List[List[float]]]:
+        rng = _generator(params.seed, _ALTERNATIVES_STREAM)
+        tokens: List[List[int]] = []
+        logprobs: List[List[float]] = []
+        for context in self._prompt_contexts(prompt):
+            p = self.distribution(context)
+            if params.temperature == 0:
+                drawn = [int(p.argmax())] * k
+            else:
+                weights = p if params.temperature == 1 else _tempered(p, params.temperature)
+                drawn = rng.choice(len(p), size=k, p=weights / weights.sum()).tolist()
+            tokens.append(drawn)
+            logprobs.append([_float32(math.log(p[t])) for t in drawn])
+        return tokens, logprobs
 
     def _topk(self, context: Tuple[int, ...], k: int) -> List[Tuple[int, float]]:
         p = self.distribution(context)
