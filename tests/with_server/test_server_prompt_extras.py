@@ -74,6 +74,8 @@ def test_prompt_logprobs_last_n_scores_only_the_suffix_in_both_tables(api: RawAp
                                  "shape": [len(PROMPT) - 1, 1]}}, "int64"),
     ({"target_prompt_logprobs": {"data": [999] * (len(PROMPT) - 1), "dtype": "int64",
                                  "shape": [len(PROMPT) - 1, 1]}}, "999"),
+    ({"target_prompt_logprobs": {"data": [-1] * (len(PROMPT) - 1), "dtype": "int64",
+                                 "shape": [len(PROMPT) - 1, 1]}}, "names no token id"),
 ])  # fmt: skip
 def test_bad_extras_get_400_naming_the_field(api: RawApi, fields: Dict[str, Any], named: str) -> None:
     answer = api.asample(sample_body(api.sampler(DEFAULT_MODEL), 0, PROMPT, **fields))

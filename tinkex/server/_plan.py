@@ -120,6 +120,8 @@ def _target_rows(request: SampleRequest, prompt: List[int], model: LanguageModel
         )
     rows = [[int(token) for token in row] for row in target.rows(fill=-1)]
     check_token_ids(rows, model.vocab_size)
+    if all(token == -1 for row in rows for token in row):
+        raise bad_request("target_prompt_logprobs names no token id (every cell is -1)")
     return rows
 
 
