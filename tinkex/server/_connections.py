@@ -12,7 +12,9 @@ aiohttp's protocol factory so that every connection
 * is closed when it sends nothing for ``idle_timeout_s`` between requests.
 
 A connection counts as busy (no timers) from the moment the middleware sees its request until
-the answer is written; request *bodies* are bounded separately where handlers read them.
+its handler returns; request *bodies* are bounded separately where handlers read them. Bytes of
+a pipelined request that arrive while the connection is busy start no head timer: such a
+connection falls under the idle timeout instead.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class _Guarded(asyncio.Protocol):
         self._transport: Optional[asyncio.Transport] = None
         self._peer: Optional[str] = None
         self._refused = False
+        self._lost = False
         self._busy = 0
         self._head_started: Optional[float] = None
         self._idle_since = 0.0
@@ -83,6 +86,7 @@ class _Guarded(asyncio.Protocol):
         return None if self._refused else self._inner.eof_received()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._lost = True
         self._cancel_timer()
         if self._refused:
             return
@@ -119,6 +123,8 @@ class _Guarded(asyncio.Protocol):
 
     def _arm(self, delay: float) -> None:
         self._cancel_timer()
+        if self._lost:  # a handler finishing after its connection dropped: nothing to time
+            return
         self._timer = self._guard.loop.call_later(delay, self._expired)
 
     def _cancel_timer(self) -> None:

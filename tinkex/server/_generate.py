@@ -8,6 +8,7 @@ stop_reason, total_tokens)`` per sequence, sequences one after the other.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, List, Optional
 
 import attrs
@@ -18,6 +19,7 @@ from ._plan import GenerationPlan
 __all__ = ["GenerationCancelled", "run_plan", "NEVER_CANCELLED"]
 
 Emit = Callable[[tuple], None]
+_YIELD_EVERY = 512  # tokens between GIL hand-offs of an undelayed generation
 
 
 class GenerationCancelled(Exception):
@@ -106,6 +108,8 @@ def _run_sequence(
     for position, (token, logprob) in enumerate(generation):
         if cancel.wait(delay_s) if delay_s else cancel.is_set():
             raise GenerationCancelled()
+        if position % _YIELD_EVERY == _YIELD_EVERY - 1:
+            time.sleep(0)  # hand the GIL to the event loop: a long generation must not starve it
         if emit is not None:
             emit(("token", index, position, token, logprob))
     stop_reason = generation.stop_reason
