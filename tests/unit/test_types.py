@@ -432,3 +432,30 @@ def test_exception_messages_survive_pickling(cls: Any, message: str) -> None:
     error = _build(cls, message or "x")
     copy = pickle.loads(pickle.dumps(error))
     assert (str(copy), copy.args, vars(copy)) == (message or "x", (message or "x",), vars(error))
+
+
+# ---------------------------------------------------------------------------------------------
+# SSE stream chunks (protocol 9.2): the data objects the server writes and clients read
+
+
+@pytest.mark.parametrize("event, data", [
+    ("token", b'{"index":0,"token_id":9906,"token":"Hello","logprob":-0.12,"sequence_index":0}'),
+    ("token", b'{"index":3,"token_id":7,"token":null,"logprob":null,"sequence_index":1}'),
+    ("done", b'{"finish_reason":"length","total_tokens":1,"sequence_index":0}'),
+    ("error", b'{"message":"request was cancelled","category":"user"}'),
+])  # fmt: skip
+def test_stream_chunks_round_trip_the_spec_shapes(event: str, data: bytes) -> None:
+    chunk = types.SampleStreamChunk.from_event(event, loads(data, what="SSE data"))
+    assert chunk.kind.value == event
+    assert dumps(chunk.to_json()) == data
+
+
+def test_stream_chunk_decoding_defaults_and_errors() -> None:
+    done = types.SampleStreamChunk.from_event("done", {"finish_reason": "stop", "total_tokens": 2})
+    assert done.sequence_index == 0 and done.finish_reason is StopReason.STOP
+    odd = types.SampleStreamChunk.from_event("error", {"message": "m", "category": "weird"})
+    assert odd.category is types.RequestErrorCategory.UNKNOWN
+    for event, data, named in [("tick", {}, "tick"), ("done", {"finish_reason": "eos", "total_tokens": 1}, "eos"),
+                               ("token", {"index": "0", "token_id": 1}, "index")]:  # fmt: skip
+        with pytest.raises(errors.DecodeError, match=named):
+            types.SampleStreamChunk.from_event(event, data)
