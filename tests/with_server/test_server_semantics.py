@@ -97,6 +97,9 @@ def test_cancel_future_stops_the_generation(fresh_server: Callable[..., LocalSer
     assert failed["category"] == "user" and "cancel" in failed["error"]
     (record,) = server.records(sampler)
     assert record["state"] == "cancelled"
+    deadline = time.monotonic() + 5  # the worker sees the cancel at its next token, on its own thread
+    while server.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     stats = server.stats()
     assert stats["cancels"] == 1 and stats["running"] == 0
 
