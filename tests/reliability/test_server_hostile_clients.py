@@ -9,7 +9,11 @@ test's, is what is measured.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -247,3 +251,27 @@ def test_admin_stats_shows_a_key_only_its_own_sessions_and_requests() -> None:
         admin = _admin_stats(base, ADMIN_KEY)
         assert request_a in str(admin) and request_b in str(admin)
         assert admin["sessions_known"] == 2 and "faults_by_route" in admin
+
+
+def test_tinkex_serve_caps_connections_per_peer() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tinkex", "serve", "--port", "0", "--model", "tinkex/echo", "--log-level", "ERROR",
+         "--max-connections-per-peer", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    held: List[socket.socket] = []
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline().split(" on ", 1)[1].split(" ", 1)[0].rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        time.sleep(0.2)
+        third = socket.create_connection(("127.0.0.1", port))
+        third.settimeout(5)
+        assert third.recv(4096).startswith(b"HTTP/1.1 429 ")
+        third.close()
+    finally:
+        for sock in held:
+            sock.close()
+        os.kill(child.pid, signal.SIGTERM)
+        child.communicate(timeout=15)
+    assert child.returncode == 0

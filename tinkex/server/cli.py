@@ -52,6 +52,10 @@ def build_parser(prog: str = "tinkex serve") -> argparse.ArgumentParser:
         help="announce a client-config flag, VALUE as JSON; repeatable "
              "(e.g. sample_use_retrieve_futures=true sample_max_concurrent_requests=64 sample_cancel_enabled=true)",
     )  # fmt: skip
+    parser.add_argument(
+        "--max-connections-per-peer", type=int, metavar="N",
+        help="open connections per client address; more are answered 429 (default: from the descriptor limit)",
+    )  # fmt: skip
     parser.add_argument("--jwt", action="store_true", help="ask clients to exchange their key for a JWT")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -75,6 +79,7 @@ def _server(args: argparse.Namespace) -> LocalServer:
         cache_dir=args.cache_dir,
         jwt_enabled=args.jwt,
         client_config=dict(parse_config_flag(text) for text in args.client_config),
+        max_connections_per_peer=args.max_connections_per_peer,
     )
 
 
@@ -118,6 +123,21 @@ class _StopSignals:
             os.close(fd)
 
 
+def _raise_descriptor_limit(wanted: int = 65536) -> None:
+    """Lift this process's soft descriptor limit towards the hard one, so that the server's
+    per-peer connection cap (derived from it) is not a few hundred on systems whose default soft
+    limit is 1024. Only the command does this; an embedded ``LocalServer`` leaves the process alone."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, OSError, ValueError):  # no resource module, or not allowed: keep the limit
+        pass
+
+
 def _banner(server: LocalServer, args: argparse.Namespace) -> None:
     models: List[str] = args.models or available_models()
     print(f"tinkex server on {server.base_url} (models: {', '.join(models)})", flush=True)
@@ -132,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     signals = _StopSignals()
     signals.install(signal.SIGTERM)  # before start: a SIGTERM during model loading stops us once up
+    _raise_descriptor_limit()
     try:
         server = _server(args)
         logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
