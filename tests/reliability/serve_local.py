@@ -28,7 +28,7 @@ class ServerProcess:
     """
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        self.options = {"admin_key": ADMIN_KEY, **options}
         self._child: Optional[subprocess.Popen] = None
         self.base_url = ""
 

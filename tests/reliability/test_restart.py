@@ -18,7 +18,7 @@ import pytest
 import tinkex
 from tinkex import errors, types
 from tinkex.server import LocalServer
-from tinkex.server.model import load_model
+from tinkex.server.models import load_model
 
 KEY = "tml-restart-test-key"
 ECHO = "tinkex/echo"

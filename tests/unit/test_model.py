@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from tinkex._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, ByteTokenizer
 from tinkex.errors import ValidationError
-from tinkex.server import _ngram
-from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, available_models, load_model
+from tinkex.server.models import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, available_models, load_model
+from tinkex.server.models import ngram as _ngram
 from tinkex.types import SamplingParams, StopReason
 
 WORDS = ("the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "café", "€5", "fast", "slowly", "and",
@@ -374,7 +374,7 @@ def test_an_unusable_cache_is_retrained_and_replaced(tmp_path: Path, caplog: pyt
     trained = load_model(DEFAULT_MODEL, corpus_path=corpus, cache_dir=str(tmp_path))
     assert isinstance(trained, _ngram.NGramModel) and trained.cache_path is not None
     corrupt(Path(trained.cache_path))
-    with caplog.at_level(logging.WARNING, logger="tinkex.server._ngram"):
+    with caplog.at_level(logging.WARNING, logger="tinkex.server.models.ngram"):
         retrained = load_model(DEFAULT_MODEL, corpus_path=corpus, cache_dir=str(tmp_path))
     assert isinstance(retrained, _ngram.NGramModel) and not retrained.from_cache
     assert "retraining" in caplog.text
@@ -385,7 +385,7 @@ def test_an_unusable_cache_is_retrained_and_replaced(tmp_path: Path, caplog: pyt
 def test_an_unwritable_cache_only_costs_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
-    with caplog.at_level(logging.WARNING, logger="tinkex.server._ngram"):
+    with caplog.at_level(logging.WARNING, logger="tinkex.server.models.ngram"):
         loaded = load_model(DEFAULT_MODEL, corpus_path=write_corpus(tmp_path, "some text"),
                             cache_dir=str(blocker / "cache"))
     assert "cannot cache" in caplog.text

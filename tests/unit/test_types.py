@@ -33,24 +33,30 @@ from tinkex.types import (
     DynamicConfig,
     EncodedTextChunk,
     FinishSessionRequest,
+    FutureCompletion,
     FutureRetrieveRequest,
     GetSamplerResponse,
     ImageChunk,
     JoinSamplingSessionRequest,
     JoinSamplingSessionResponse,
     ModelInput,
+    PromptAltTokens,
     QueueState,
     RequestErrorCategory,
     RequestFailedResponse,
+    RetrieveFuturesRequest,
+    RetrieveFuturesResponse,
     SampledSequence,
     SamplePromise,
     SampleRequest,
     SampleResponse,
     SamplingParams,
+    SamplingSessionTarget,
     ServerCapabilities,
     SessionHeartbeatRequest,
     StopReason,
     SupportedModel,
+    TensorData,
     TryAgainResponse,
 )
 
@@ -120,6 +126,27 @@ EXAMPLES: List[Any] = [
     SupportedModel(model_name="m", max_context_length=4096, trainable=False, sampleable=True, tokenizer_id="t"),
     ServerCapabilities(),
     ServerCapabilities(supported_models=[SupportedModel(model_name="m")]),
+    CreateSessionResponse(session_id="s", type="create_session"),
+    SamplingSessionTarget(sampling_session_id="s:sample:0", cloned_sampler_id=2),
+    RetrieveFuturesRequest(target=SamplingSessionTarget(sampling_session_id="s:sample:0")),
+    RetrieveFuturesRequest(
+        target=SamplingSessionTarget(sampling_session_id="s:sample:0", cloned_sampler_id=1), prev_cursor=3,
+        timeout=0.0, retrieved_request_ids=["r1", "r2"],
+    ),  # fmt: skip
+    FutureCompletion(state="failed", request_id="r1"),
+    FutureCompletion(state="finished", request_id="r1", response_payload_uncompressed_size=96),
+    RetrieveFuturesResponse(),
+    RetrieveFuturesResponse(completions=[FutureCompletion(state="finished", request_id="r1")], cursor=1),
+    TensorData(data=[5, -1, 7, 8], dtype="int64", shape=[2, 2]),
+    TensorData(data=[0.5], dtype="float32", shape=[2, 2], sparse_crow_indices=[0, 1, 1], sparse_col_indices=[1]),
+    PromptAltTokens(tokens=TensorData(data=[3, 4], dtype="int64", shape=[1, 2]),
+                    logprobs=TensorData(data=[-1.5, -2.0], dtype="float32", shape=[1, 2])),  # fmt: skip
+    SampleResponse(
+        sequences=[SampledSequence(tokens=[1], stop_reason=StopReason.LENGTH)],
+        target_prompt_logprobs=TensorData(data=[-0.25, 0.0], dtype="float32", shape=[1, 2]),
+        prompt_alt_tokens=PromptAltTokens(tokens=TensorData(data=[3], dtype="int64", shape=[1, 1]),
+                                          logprobs=TensorData(data=[-1.5], dtype="float32", shape=[1, 1])),
+    ),  # fmt: skip
 ]
 
 
@@ -255,7 +282,8 @@ def test_spec_examples_decode(value: Any, wire: bytes) -> None:
         (JoinSamplingSessionResponse, b'{"client_counter":1}', JoinSamplingSessionResponse(client_counter=1)),
         (DynamicConfig, b"{}", DynamicConfig()),
         (ClientConfig, b"{}", ClientConfig()),
-        (CreateSessionResponse, b'{"session_id":"s","type":"create_session"}', CreateSessionResponse("s")),
+        (CreateSessionResponse, b'{"session_id":"s","type":"create_session"}',
+         CreateSessionResponse("s", type="create_session")),
         (
             ServerCapabilities,
             b'{"supported_models":[{"model_name":"m","max_context_length":8,"trainable":false,"sampleable":true}]}',
@@ -404,3 +432,30 @@ def test_exception_messages_survive_pickling(cls: Any, message: str) -> None:
     error = _build(cls, message or "x")
     copy = pickle.loads(pickle.dumps(error))
     assert (str(copy), copy.args, vars(copy)) == (message or "x", (message or "x",), vars(error))
+
+
+# ---------------------------------------------------------------------------------------------
+# SSE stream chunks (protocol 9.2): the data objects the server writes and clients read
+
+
+@pytest.mark.parametrize("event, data", [
+    ("token", b'{"index":0,"token_id":9906,"token":"Hello","logprob":-0.12,"sequence_index":0}'),
+    ("token", b'{"index":3,"token_id":7,"token":null,"logprob":null,"sequence_index":1}'),
+    ("done", b'{"finish_reason":"length","total_tokens":1,"sequence_index":0}'),
+    ("error", b'{"message":"request was cancelled","category":"user"}'),
+])  # fmt: skip
+def test_stream_chunks_round_trip_the_spec_shapes(event: str, data: bytes) -> None:
+    chunk = types.SampleStreamChunk.from_event(event, loads(data, what="SSE data"))
+    assert chunk.kind.value == event
+    assert dumps(chunk.to_json()) == data
+
+
+def test_stream_chunk_decoding_defaults_and_errors() -> None:
+    done = types.SampleStreamChunk.from_event("done", {"finish_reason": "stop", "total_tokens": 2})
+    assert done.sequence_index == 0 and done.finish_reason is StopReason.STOP
+    odd = types.SampleStreamChunk.from_event("error", {"message": "m", "category": "weird"})
+    assert odd.category is types.RequestErrorCategory.UNKNOWN
+    for event, data, named in [("tick", {}, "tick"), ("done", {"finish_reason": "eos", "total_tokens": 1}, "eos"),
+                               ("token", {"index": "0", "token_id": 1}, "index")]:  # fmt: skip
+        with pytest.raises(errors.DecodeError, match=named):
+            types.SampleStreamChunk.from_event(event, data)

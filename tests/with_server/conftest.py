@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL
+from tinkex.server.models import DEFAULT_MODEL, ECHO_MODEL
 
 API = "/api/v1/"
 PROTOBUF = "application/x-protobuf"

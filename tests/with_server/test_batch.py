@@ -19,7 +19,7 @@ from tinkex._sampling.target import CLONE_SEQ_STRIDE
 from tinkex.batch import BatchItem, BatchWorkerError, WorkerSetupError, sample_many, sample_many_unordered
 from tinkex.errors import BadRequestError, ValidationError
 from tinkex.server import LocalServer
-from tinkex.server.model import ECHO_MODEL
+from tinkex.server.models import ECHO_MODEL
 
 PARAMS = types.SamplingParams(max_tokens=3, seed=0)
 

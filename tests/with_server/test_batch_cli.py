@@ -18,7 +18,7 @@ from tinkex import types
 from tinkex.batch import BatchAbortedError, run_batch
 from tinkex.cli import main
 from tinkex.server import LocalServer
-from tinkex.server.model import ECHO_MODEL
+from tinkex.server.models import ECHO_MODEL
 
 
 def write_lines(path: Path, records: Iterable[Any]) -> Path:

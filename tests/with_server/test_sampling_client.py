@@ -17,7 +17,7 @@ from tests.fake_tinker import VirtualTime
 from tinkex import errors, types
 from tinkex._wire.byte_tokenizer import ByteTokenizer
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL, load_model
+from tinkex.server.models import DEFAULT_MODEL, ECHO_MODEL, load_model
 
 TOKENIZER = ByteTokenizer()
 PROMPT = types.ModelInput.from_ints(TOKENIZER.encode("The Python language "))

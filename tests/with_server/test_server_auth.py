@@ -28,7 +28,7 @@ def test_admin_stats_needs_a_key(local_server: LocalServer) -> None:
     assert RawApi(local_server).get("admin/stats").status_code == 200
     short = local_server.base_url + "/admin/stats"
     assert requests.get(short, timeout=10).status_code == 401
-    answer = requests.get(short, headers={"X-API-Key": local_server.api_key}, timeout=10)
+    answer = requests.get(short, headers={"X-API-Key": local_server.admin_key}, timeout=10)
     assert answer.status_code == 200 and "faults_total" in answer.json()
 
 

@@ -10,8 +10,8 @@ import requests
 
 from tests.with_server.conftest import RawApi, sample_body
 from tinkex.server import LocalServer
-from tinkex.server._echo import EchoModel
 from tinkex.server._engine import Engine
+from tinkex.server.models import EchoModel
 
 
 def _asample_error(api: RawApi, body: Any) -> requests.Response:

@@ -165,7 +165,7 @@ def test_set_faults_at_run_time_and_admin_stats(local_server: LocalServer, api: 
     try:
         local_server.set_faults({"seed": 2, "healthz.503": 1})
         assert api.get("healthz").status_code == 503
-        stats = api.get("admin/stats").json()
+        stats = RawApi(local_server, key=local_server.admin_key).get("admin/stats").json()
         assert stats["faults_by_route"].get("healthz.503", 0) >= 1
         assert stats["statuses"]["healthz 503"] >= 1
         assert "healthz.503=1" in stats["faults_profile"]

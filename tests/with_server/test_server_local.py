@@ -16,7 +16,7 @@ from tests.with_server.conftest import RawApi, sample_body
 from tinkex.errors import ValidationError
 from tinkex.server import LocalServer
 from tinkex.server.cli import main
-from tinkex.server.model import ECHO_MODEL
+from tinkex.server.models import ECHO_MODEL
 
 
 def _server_threads() -> list:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from tests.with_server.conftest import PROTOBUF, RawApi, sample_body
 from tinkex._wire.proto import decode_sample_response
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL, load_model
+from tinkex.server.models import DEFAULT_MODEL, ECHO_MODEL, load_model
 from tinkex.types import ClientConfig, DynamicConfig, SamplingParams, ServerCapabilities
 
 

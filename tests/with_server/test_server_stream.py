@@ -12,7 +12,7 @@ import pytest
 from tests.with_server.conftest import RawApi, sample_body
 from tinkex._wire.proto import decode_sample_response
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL
+from tinkex.server.models import DEFAULT_MODEL
 
 Event = Tuple[float, str, Dict[str, Any]]
 
@@ -145,12 +145,15 @@ def test_stream_of_an_asample_request_replays_it(local_server: LocalServer, api:
     assert [r["generations"] for r in local_server.records(sampler)] == [1]
 
 
-def test_failed_request_ends_with_an_error_event(local_server: LocalServer, api: RawApi, streams: Callable) -> None:
-    stream = streams(local_server, sample_body(api.sampler(), 0, prompt_alt_tokens_k=1))
-    events = [(name, data) for _, name, data in stream.events()]
-    assert events == [
-        ("error", {"message": "prompt_alt_tokens_k > 0 is not supported by this server", "category": "user"})
-    ]
+def test_failed_request_ends_with_an_error_event(fresh_server: Callable[..., LocalServer], streams: Callable) -> None:
+    server = fresh_server(token_delay_ms=50)
+    api = RawApi(server)
+    body = sample_body(api.sampler(), 0, sampling_params={"max_tokens": 400})
+    request_id = api.asample(body).json()["request_id"]
+    assert api.post("cancel_future", {"request_id": request_id}).status_code == 200
+    events = [(name, data) for _, name, data in streams(server, body).events()]  # the same request, replayed
+    assert events[-1] == ("error", {"message": "request was cancelled", "category": "user"})
+    assert [name for name, _ in events[:-1]] == ["token"] * (len(events) - 1)
 
 
 def test_errors_before_the_stream_are_http_statuses_never_404(local_server: LocalServer, api: RawApi) -> None:

@@ -28,7 +28,7 @@ from tinkex import errors, types
 from tinkex._wire.byte_tokenizer import ByteTokenizer
 from tinkex._wire.proto import encode_sample_response
 from tinkex.server import LocalServer
-from tinkex.server.model import DEFAULT_MODEL, ECHO_MODEL
+from tinkex.server.models import DEFAULT_MODEL, ECHO_MODEL
 from tinkex.types import SampledSequence, SampleResponse, SampleStreamChunk, StopReason
 
 TOKENIZER = ByteTokenizer()

@@ -16,12 +16,18 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from ..types import (
     ClientConfig,
     CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse,
     CreateSessionRequest,
+    CreateSessionResponse,
     DynamicConfig,
     FinishSessionRequest,
+    GetSamplerResponse,
     JoinSamplingSessionRequest,
+    JoinSamplingSessionResponse,
     SampleRequest,
+    ServerCapabilities,
     SessionHeartbeatRequest,
+    SupportedModel,
 )
 from ._auth import Authenticator
 from ._plan import plan_request
@@ -29,9 +35,9 @@ from ._problems import bad_request, too_many
 from ._settings import ServerSettings
 from ._stats import Stats
 from .faults import FaultInjector, FaultProfile
-from .model import LanguageModel
+from .models import LanguageModel
 from .scheduler import Scheduler
-from .store import EXPIRED, FINISHED, RequestRecord, SamplingSession, Store
+from .store import EXPIRED, FINISHED, QUEUED, RUNNING, RequestRecord, SamplingSession, Store
 
 __all__ = ["Engine"]
 
@@ -78,6 +84,7 @@ class Engine:
             stats=self.stats,
             token_delay_s=settings.token_delay_s,
             inline_cheap=settings.inline_cheap_models,
+            inline_max_tokens=settings.inline_max_tokens,
         )
 
     # configuration ------------------------------------------------------------------------
@@ -94,18 +101,14 @@ class Engine:
         return flags
 
     def capabilities(self) -> Dict[str, Any]:
-        return {
-            "supported_models": [
-                {
-                    "model_name": name,
-                    "max_context_length": model.max_context_length,
-                    "trainable": False,
-                    "sampleable": True,
-                    "tokenizer_id": model.tokenizer_id,
-                }
-                for name, model in self.models.items()
-            ]
-        }
+        models = [
+            SupportedModel(
+                model_name=name, max_context_length=model.max_context_length, trainable=False, sampleable=True,
+                tokenizer_id=model.tokenizer_id,
+            )  # fmt: skip
+            for name, model in self.models.items()
+        ]
+        return ServerCapabilities(supported_models=models).to_json()
 
     def set_faults(self, profile: FaultProfile) -> None:
         """Replace the fault profile; pause windows count from now, the dice restart from the seed."""
@@ -116,10 +119,16 @@ class Engine:
 
     def create_session(self, owner: str, body: Any) -> Dict[str, Any]:
         request = CreateSessionRequest.from_json(body)
+        limit = self.settings.max_sessions_per_key
+        if self.store.active_sessions[owner] >= limit:
+            raise too_many(
+                f"this API key already has {limit} active sessions; finish some (sessions/{{id}}/finish) "
+                "or let them expire before creating more"
+            )
         info = {"tags": list(request.tags), "sdk_version": request.sdk_version, "project_id": request.project_id}
         session = self.store.new_session(owner, info)
         self.stats.count("sessions_created")
-        return {"session_id": session.session_id, "type": "create_session"}
+        return CreateSessionResponse(session_id=session.session_id, type="create_session").to_json()
 
     def heartbeat(self, owner: str, body: Any) -> Dict[str, Any]:
         request = SessionHeartbeatRequest.from_json(body)
@@ -149,23 +158,26 @@ class Engine:
         sampler = self.store.new_sampling_session(
             owner, request.session_id, request.sampling_session_seq_id, name, request.model_path
         )
-        return {"sampling_session_id": sampler.sampling_session_id, "type": "create_sampling_session"}
+        sampler_id = sampler.sampling_session_id
+        return CreateSamplingSessionResponse(sampling_session_id=sampler_id, type="create_sampling_session").to_json()
 
     def get_sampler(self, owner: str, sampling_session_id: str) -> Dict[str, Any]:
         sampler = self.store.sampling_session(owner, sampling_session_id)
-        return {
-            "sampler_id": sampler.sampling_session_id,
-            "base_model": sampler.base_model,
-            "model_path": sampler.model_path,
-            "tokenizer_id": self.models[sampler.base_model].tokenizer_id,
-        }
+        answer = GetSamplerResponse(
+            sampler_id=sampler.sampling_session_id,
+            base_model=sampler.base_model,
+            model_path=sampler.model_path,
+            tokenizer_id=self.models[sampler.base_model].tokenizer_id,
+        ).to_json()
+        answer.setdefault("model_path", None)  # protocol 4.7: the service sends null rather than leaving it out
+        return answer
 
     def join(self, owner: str, body: Any) -> Dict[str, Any]:
         request = JoinSamplingSessionRequest.from_json(body)
         sampler = self.store.sampling_session(owner, request.sampling_session_id)
         self.store.live_session(owner, sampler.session.session_id)
         sampler.clients += 1
-        return {"client_counter": sampler.clients, "type": "join_sampling_session"}
+        return JoinSamplingSessionResponse(client_counter=sampler.clients, type="join_sampling_session").to_json()
 
     def model_name(self, base_model: Optional[str], model_path: Optional[str]) -> str:
         """The served model a request names, by ``base_model`` or ``tinker://<model name>``."""
@@ -201,7 +213,8 @@ class Engine:
         name = sampler.base_model if sampler else self.model_name(request.base_model, request.model_path)
         if sampler is not None:
             self._check_pending(sampler)
-        plan = plan_request(request, body, self.models[name], self.settings)
+        plan = plan_request(request, self.models[name], self.settings)
+        self._check_pending_work(owner, plan.work_tokens)
         record = RequestRecord(
             owner=owner,
             session=sampler.session if sampler else None,
@@ -213,6 +226,7 @@ class Engine:
             now=self.clock(),
             streaming=streaming,
             generations=previous.generations if previous is not None else 0,
+            work=plan.work_tokens,
         )
         if previous is not None:
             self.store.replace_pair(previous, record)
@@ -239,6 +253,18 @@ class Engine:
                 f"session {sampler.session.session_id!r} already has {limit} unfinished requests",
                 queue_state="paused_rate_limit",
                 queue_state_reason=f"per-session limit of {limit} unfinished requests reached",
+            )
+
+    def _check_pending_work(self, owner: str, work: int) -> None:
+        """429 when this key's unfinished requests already hold its token budget (a key with
+        nothing pending is always admitted, so a request under the per-request cap never waits forever)."""
+        pending, limit = self.store.pending_work[owner], self.settings.max_pending_tokens_per_key
+        if pending and pending + work > limit:
+            raise too_many(
+                f"this API key's unfinished requests already ask for {pending} tokens; {work} more would exceed "
+                f"the limit of {limit}",
+                queue_state="paused_rate_limit",
+                queue_state_reason=f"per-key limit of {limit} pending tokens reached",
             )
 
     def cancel(self, owner: str, body: Any) -> Dict[str, Any]:
@@ -280,11 +306,28 @@ class Engine:
     def records(self) -> list:
         return [record.summary() for record in self.store.records.values()]
 
+    def snapshot_for(self, owner: str) -> Dict[str, Any]:
+        """What ``/admin/stats`` shows one key: its own sessions and requests, no server-wide counters."""
+        sessions = [s for s in self.store.sessions.values() if s.owner == owner]
+        records = [r for r in self.store.records.values() if r.owner == owner]
+        return {
+            "scope": "key",
+            "sessions_active": sum(1 for s in sessions if s.is_active),
+            "sessions_known": len(sessions),
+            "sessions_ended": {state: sum(1 for s in sessions if s.state == state) for state in (FINISHED, EXPIRED)},
+            "records": len(records),
+            "running": sum(1 for r in records if r.state == RUNNING),
+            "queued": sum(1 for r in records if r.state == QUEUED),
+            "pending_tokens": self.store.pending_work[owner],
+            "generations": [_generation_row(r.summary()) for r in records],
+        }
+
     def snapshot(self) -> Dict[str, Any]:
-        """Everything ``/admin/stats`` reports."""
+        """Everything ``/admin/stats`` reports to the admin key (and ``LocalServer.stats()``)."""
         out = self.stats.snapshot()
         store = self.store
         out.update(
+            scope="server",
             sessions_active=sum(1 for s in store.sessions.values() if s.is_active),
             sessions_known=len(store.sessions),
             sessions_ended={
@@ -293,10 +336,11 @@ class Engine:
             records=len(store.records),
             running=self.scheduler.running,
             queued=self.scheduler.queued,
-            generations=[
-                {k: r[k] for k in ("sampling_session_id", "seq_id", "request_id", "generations")}
-                for r in self.records()
-            ],
+            generations=[_generation_row(r) for r in self.records()],
             faults_profile=self.faults.profile.to_spec(),
         )
         return out
+
+
+def _generation_row(summary: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: summary[k] for k in ("sampling_session_id", "seq_id", "request_id", "generations")}

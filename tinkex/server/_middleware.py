@@ -8,6 +8,7 @@ logged with its traceback and answered ``500 {"detail": "internal server error"}
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from typing import Any, Awaitable, Callable, Dict, Optional
 
@@ -15,10 +16,14 @@ from aiohttp import web
 
 from .._wire.codec import dumps
 from ..errors import DecodeError, ValidationError
+from ..types import QueueState, TryAgainResponse
+from ._connections import ConnectionGuard
 from ._engine import Engine
 from ._problems import Problem
 
-__all__ = ["json_response", "build_middlewares", "route_name", "ENGINE_KEY", "PRINCIPAL", "DROP_AFTER"]
+__all__ = [
+    "json_response", "build_middlewares", "route_name", "ENGINE_KEY", "PRINCIPAL", "DROP_AFTER", "ADMIN_PRINCIPAL",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +39,8 @@ def _request_key(name: str, kind: type) -> Any:
 
 PRINCIPAL: Any = _request_key("tinkex_principal", str)
 DROP_AFTER: Any = _request_key("tinkex_drop_after", bool)
-ADMIN_ROUTE = "admin_stats"
+ADMIN_ROUTES = ("admin_stats", "admin_stats_short")  # /api/v1/admin/stats and /admin/stats
+ADMIN_PRINCIPAL = "*admin*"  # never a key fingerprint ("key-...") nor a JWT subject
 UNMATCHED = "unmatched"
 CLIENT_CLOSED = 499  # nginx's "client closed request"
 
@@ -48,8 +54,19 @@ def route_name(request: web.Request) -> str:
     return name or UNMATCHED
 
 
-def build_middlewares(engine: Engine) -> list:
+def build_middlewares(engine: Engine, guard: Optional[ConnectionGuard] = None) -> list:
     """The middlewares of the app, outermost first."""
+
+    @web.middleware
+    async def connection_busy(request: web.Request, handler: Handler) -> web.StreamResponse:
+        connection = guard.connection(request.transport) if guard is not None else None
+        if connection is None:
+            return await handler(request)
+        connection.request_started()
+        try:
+            return await handler(request)
+        finally:
+            connection.request_finished()
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -61,17 +78,27 @@ def build_middlewares(engine: Engine) -> list:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[PRINCIPAL] = engine.auth.principal(request.headers.get("X-API-Key"))
+        key = request.headers.get("X-API-Key")
+        if route_name(request) in ADMIN_ROUTES and _is_admin_key(key, engine.settings.admin_key):
+            request[PRINCIPAL] = ADMIN_PRINCIPAL
+        else:
+            request[PRINCIPAL] = engine.auth.principal(key)
         return await handler(request)
 
     @web.middleware
     async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = route_name(request)
-        if route in (ADMIN_ROUTE, UNMATCHED):
+        if route in ADMIN_ROUTES or route == UNMATCHED:
             return await handler(request)
         return await _inject(engine, route, request, handler)
 
-    return [errors, authenticate, faults]
+    return [connection_busy, errors, authenticate, faults]
+
+
+def _is_admin_key(key: Optional[str], admin_key: Optional[str]) -> bool:
+    if not key or not admin_key:
+        return False
+    return hmac.compare_digest(key.encode("utf-8", "surrogatepass"), admin_key.encode("utf-8", "surrogatepass"))
 
 
 async def _answer_errors(request: web.Request, handler: Handler, body_limit: int) -> web.StreamResponse:
@@ -145,11 +172,12 @@ async def _status_fault(engine: Engine, request: web.Request, kind: str) -> web.
         return json_response({"detail": detail}, status)
     pause = engine.pause_state()
     state, reason = (pause[0], pause[1]) if pause else ("paused_rate_limit" if status == 429 else "active", None)
+    if status == 408:  # shaped like a try_again answer (protocol 4.9), with the fault's detail
+        try_again = TryAgainResponse(await _request_id(request), QueueState.parse(state), reason)
+        return json_response({**try_again.to_json(), "detail": detail}, status)
     body: Dict[str, Any] = {"detail": detail, "queue_state": state}
     if reason:
         body["queue_state_reason"] = reason
-    if status == 408:
-        body = {"type": "try_again", "request_id": await _request_id(request), **body}
     return json_response(body, status)
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping, Optional
+from typing import List, Optional
 
 import attrs
 
-from ..types import EncodedTextChunk, SampleRequest, SamplingParams
+from ..types import EncodedTextChunk, SampleRequest, SamplingParams, TensorData
 from ._problems import bad_request
 from ._settings import ServerSettings
-from .model import ECHO_MODEL, LanguageModel
+from .models import LanguageModel, check_token_ids
 
 __all__ = ["GenerationPlan", "plan_request"]
 
@@ -18,8 +18,9 @@ __all__ = ["GenerationPlan", "plan_request"]
 class GenerationPlan:
     """Everything a worker needs to generate one request; immutable once checked.
 
-    ``unsupported`` names a requested feature this server lacks: the request is accepted and
-    its future fails with category ``user`` (as the hosted service does for what it cannot run).
+    ``target`` is the request's ``target_prompt_logprobs`` tensor (checked: int64, 2-D, one row
+    per prompt position after the first) and ``target_rows`` its dense rows (``-1`` = nothing
+    asked); ``alt_k`` is ``prompt_alt_tokens_k``.
     """
 
     model: LanguageModel = attrs.field(eq=False, repr=False)
@@ -30,11 +31,14 @@ class GenerationPlan:
     topk_prompt: int = 0
     topk_sample: int = 0
     prompt_logprobs_last_n: Optional[int] = None
-    unsupported: Optional[str] = None
+    target: Optional[TensorData] = None
+    target_rows: Optional[List[List[int]]] = None
+    alt_k: int = 0
+    work_tokens: int = 0
 
     @property
     def is_cheap(self) -> bool:
-        return bool(getattr(self.model, "is_cheap", False)) or self.model.name == ECHO_MODEL
+        return self.model.is_cheap
 
 
 def _prompt_tokens(request: SampleRequest, model: LanguageModel) -> List[int]:
@@ -72,48 +76,75 @@ def _check_limits(request: SampleRequest, model: LanguageModel, settings: Server
         value = getattr(request, field)
         if value < 0 or value > settings.max_topk:
             raise bad_request(f"{field}={value} must be in [0, {settings.max_topk}]")
-    if request.prompt_alt_tokens_k < 0:
-        raise bad_request(f"prompt_alt_tokens_k={request.prompt_alt_tokens_k} must be >= 0")
+    if not 0 <= request.prompt_alt_tokens_k <= settings.max_topk:
+        raise bad_request(f"prompt_alt_tokens_k={request.prompt_alt_tokens_k} must be in [0, {settings.max_topk}]")
 
 
-def _last_n(raw: Mapping[str, Any], wants_prompt_logprobs: bool) -> Optional[int]:
-    value = raw.get("prompt_logprobs_last_n")
+def _work_tokens(request: SampleRequest, prompt: List[int], model: LanguageModel, settings: ServerSettings) -> int:
+    """The most tokens the request can generate; a 400 naming the fields when over the cap."""
+    per_sample = model.generation_limit(len(prompt), request.sampling_params)
+    work = request.num_samples * per_sample
+    if work > settings.max_request_tokens:
+        max_tokens = request.sampling_params.max_tokens
+        asked = f"max_tokens={max_tokens}" if max_tokens is not None else f"the default length of {per_sample}"
+        raise bad_request(
+            f"num_samples={request.num_samples} times {asked} is {work} tokens, more than this server's "
+            f"limit of {settings.max_request_tokens} per request; ask for fewer samples or tokens"
+        )
+    return work
+
+
+def _last_n(request: SampleRequest, prompt: List[int]) -> Optional[int]:
+    value = request.prompt_logprobs_last_n
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise bad_request(f"prompt_logprobs_last_n must be an int >= 1, got {value!r}")
-    if not wants_prompt_logprobs:
+    if not request.prompt_logprobs:
         raise bad_request("prompt_logprobs_last_n requires prompt_logprobs=true")
+    if not 1 <= value <= len(prompt) - 1:
+        raise bad_request(
+            f"prompt_logprobs_last_n={value} must be in [1, len(prompt) - 1] = [1, {len(prompt) - 1}]"
+        )
     return value
 
 
-def _unsupported(request: SampleRequest, raw: Mapping[str, Any]) -> Optional[str]:
-    if request.prompt_alt_tokens_k > 0:
-        return "prompt_alt_tokens_k > 0 is not supported by this server"
-    if raw.get("target_prompt_logprobs") is not None:
-        return "target_prompt_logprobs is not supported by this server"
-    return None
+def _target_rows(request: SampleRequest, prompt: List[int], model: LanguageModel) -> Optional[List[List[int]]]:
+    target = request.target_prompt_logprobs
+    if target is None:
+        return None
+    target.check("target_prompt_logprobs")
+    shape = target.shape or []
+    if target.dtype != "int64" or len(shape) != 2 or shape[0] != max(0, len(prompt) - 1):
+        raise bad_request(
+            f"target_prompt_logprobs must be an int64 tensor of shape [len(prompt) - 1, K] = "
+            f"[{max(0, len(prompt) - 1)}, K], got {target.dtype} {shape}"
+        )
+    rows = [[int(token) for token in row] for row in target.rows(fill=-1)]
+    check_token_ids(rows, model.vocab_size)
+    if all(token == -1 for row in rows for token in row):
+        raise bad_request("target_prompt_logprobs names no token id (every cell is -1)")
+    return rows
 
 
-def plan_request(
-    request: SampleRequest, raw: Mapping[str, Any], model: LanguageModel, settings: ServerSettings
-) -> GenerationPlan:
-    """Check ``request`` (``raw`` is its decoded JSON, for fields the type does not carry).
+def plan_request(request: SampleRequest, model: LanguageModel, settings: ServerSettings) -> GenerationPlan:
+    """Check ``request`` against ``model`` and the server's limits.
 
     Raises:
         Problem: 400 naming the offending field and value.
+        ValidationError: a malformed ``target_prompt_logprobs`` tensor (answered 400).
     """
     prompt = _prompt_tokens(request, model)
     _check_limits(request, model, settings)
-    wants_prompt_logprobs = bool(request.prompt_logprobs)
     return GenerationPlan(
         model=model,
         prompt=prompt,
         params=request.sampling_params,
         num_samples=request.num_samples,
-        prompt_logprobs=wants_prompt_logprobs,
+        prompt_logprobs=bool(request.prompt_logprobs),
         topk_prompt=request.topk_prompt_logprobs,
         topk_sample=request.topk_sample_logprobs,
-        prompt_logprobs_last_n=_last_n(raw, wants_prompt_logprobs),
-        unsupported=_unsupported(request, raw),
+        prompt_logprobs_last_n=_last_n(request, prompt),
+        target=request.target_prompt_logprobs,
+        target_rows=_target_rows(request, prompt, model),
+        alt_k=request.prompt_alt_tokens_k,
+        work_tokens=_work_tokens(request, prompt, model, settings),
     )

@@ -2,7 +2,9 @@
 
 One log per (sampling session, clone id). Entry ``n`` has cursor ``n``; a poll with
 ``prev_cursor = c`` acknowledges every entry before ``c`` (they are dropped) and gets the
-entries from ``c`` on, plus the new cursor (the number of entries ever logged).
+entries from ``c`` on, plus the new cursor (the number of entries ever logged). A cursor past
+the end (a poller that outlived a server restart, or a bad one) acknowledges nothing: the poll
+gets every retained entry and the true cursor at once, so no completion is lost to it.
 """
 
 from __future__ import annotations
@@ -33,18 +35,33 @@ class PollerLog:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def end(self) -> int:
+        """The cursor after the last entry: the number of entries ever logged."""
+        return self._base + len(self._entries)
+
     def since(self, cursor: int) -> Tuple[List[Any], int]:
-        """Drop entries before ``cursor`` (acknowledged) and return the rest and the new cursor."""
-        if cursor > self._base:
+        """Drop entries before ``cursor`` (acknowledged) and return the rest and the new cursor.
+
+        Example:
+            >>> log = PollerLog()
+            >>> for name in "abc":
+            ...     log.append(name)
+            >>> log.since(1)
+            (['b', 'c'], 3)
+            >>> log.since(7)  # past the end: nothing acknowledged, everything retained returned
+            (['b', 'c'], 3)
+        """
+        if self._base < cursor <= self.end:
             drop = min(cursor - self._base, len(self._entries))
             del self._entries[:drop]
             self._base += drop
-        end = self._base + len(self._entries)
-        return list(self._entries), end
+        return list(self._entries), self.end
 
     async def wait(self, cursor: int, timeout: float) -> None:
-        """Return once an entry at or after ``cursor`` exists, or after ``timeout`` seconds."""
-        if self._base + len(self._entries) > cursor or timeout <= 0:
+        """Return once an entry at or after ``cursor`` exists (at once for a cursor that is not
+        the end), or after ``timeout`` seconds."""
+        if self.end != cursor or timeout <= 0:  # news, or a cursor to correct
             return
         if self._waiter is None or self._waiter.done():
             self._waiter = asyncio.get_running_loop().create_future()

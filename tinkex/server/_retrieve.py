@@ -10,14 +10,25 @@ result stays retrievable for ``result_retention_s``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional
+from typing import Any, Dict, Mapping, NamedTuple, Optional
 
 from .._wire.codec import dumps
 from .._wire.proto import encode_sample_response
-from ..types import FutureRetrieveRequest
+from ..types import (
+    CompleteMetadataResponse,
+    FutureCompletion,
+    FutureRetrieveRequest,
+    QueueState,
+    RequestErrorCategory,
+    RequestFailedResponse,
+    RetrieveFuturesRequest,
+    RetrieveFuturesResponse,
+    TryAgainResponse,
+)
 from ._engine import Engine
 from ._poller import PollerLog
 from ._problems import bad_request, gone
+from ._proto_extras import encode_extras
 from .scheduler import CLONE_STRIDE
 from .store import DONE, RequestRecord, SamplingSession
 
@@ -42,7 +53,7 @@ def encoded_result(record: RequestRecord, protobuf: bool) -> bytes:
         response = record.response
         assert response is not None
         if protobuf:
-            body = encode_sample_response(response)
+            body = encode_sample_response(response) + encode_extras(response)
         else:
             body = dumps(response.with_sequence_ids(record.sequence_ids).to_json())
         record.encoded[key] = body
@@ -77,66 +88,57 @@ async def retrieve_future(engine: Engine, owner: str, body: Any, protobuf: bool)
 
 
 def _try_again(record: RequestRecord, state: str, reason: Optional[str]) -> Answer:
-    out = {"type": "try_again", "request_id": record.request_id, "queue_state": state}
-    if reason:
-        out["queue_state_reason"] = reason
-    return _json(out)
+    queue_state = QueueState.parse(state)
+    answer = TryAgainResponse(request_id=record.request_id, queue_state=queue_state, queue_state_reason=reason)
+    return _json(answer.to_json())
 
 
 def _finished(engine: Engine, record: RequestRecord, allow_metadata_only: bool, protobuf: bool) -> Answer:
     if record.state != DONE:
         engine.store.delivered(record)
-        return _json({"error": record.error or "request failed", "category": record.category or "unknown"})
+        failed = RequestFailedResponse(
+            error=record.error or "request failed", category=RequestErrorCategory.parse(record.category)
+        )
+        return _json(failed.to_json())
     body = encoded_result(record, protobuf)
     if allow_metadata_only and len(body) > engine.settings.metadata_threshold_bytes:
-        return _json({"status": "complete_metadata", "response_payload_size": len(body)})
+        return _json(CompleteMetadataResponse(response_payload_size=len(body)).to_json())
     engine.store.delivered(record)
     return Answer(body, PROTOBUF if protobuf else JSON)
 
 
-class _PollRequest(NamedTuple):
-    sampling_session_id: str
-    clone: int
-    prev_cursor: int
-    timeout: Optional[float]
-    retrieved: List[str]
-
-
-def _decode_poll(body: Any) -> _PollRequest:
+def _decode_poll(body: Any) -> RetrieveFuturesRequest:
+    """The typed request, with the ranges the type does not check; 400 naming the field."""
     if not isinstance(body, Mapping):
         raise bad_request("retrieve_futures: expected a JSON object")
     target = body.get("target")
     if not isinstance(target, Mapping) or not isinstance(target.get("sampling_session_id"), str):
         raise bad_request("retrieve_futures: 'target' must be an object with a string 'sampling_session_id'")
-    clone = target.get("cloned_sampler_id", 0)
-    cursor = body.get("prev_cursor", 0)
-    timeout = body.get("timeout")
-    retrieved = body.get("retrieved_request_ids") or []
-    for name, value in (("target.cloned_sampler_id", clone), ("prev_cursor", cursor)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    poll = RetrieveFuturesRequest.from_json(body)
+    for name, value in (("target.cloned_sampler_id", poll.target.cloned_sampler_id), ("prev_cursor", poll.prev_cursor)):
+        if value < 0:
             raise bad_request(f"retrieve_futures: {name} must be an int >= 0, got {value!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-        raise bad_request(f"retrieve_futures: timeout must be a number >= 0, got {timeout!r}")
-    if not isinstance(retrieved, list) or not all(isinstance(rid, str) for rid in retrieved):
-        raise bad_request("retrieve_futures: retrieved_request_ids must be a list of strings")
-    return _PollRequest(target["sampling_session_id"], clone, cursor, timeout, retrieved)
+    if poll.timeout is not None and poll.timeout < 0:
+        raise bad_request(f"retrieve_futures: timeout must be a number >= 0, got {poll.timeout!r}")
+    return poll
 
 
 async def retrieve_futures(engine: Engine, owner: str, body: Any) -> Dict[str, Any]:
     """One poll of a poller: completions since ``prev_cursor`` (held while there are none)."""
     poll = _decode_poll(body)
-    sampler = engine.store.sampling_session(owner, poll.sampling_session_id)
-    for request_id in poll.retrieved:
+    clone = poll.target.cloned_sampler_id
+    sampler = engine.store.sampling_session(owner, poll.target.sampling_session_id)
+    for request_id in poll.retrieved_request_ids:
         record = engine.store.peek_record(request_id)
         if record is not None and record.owner == owner and not record.is_pending:
             engine.store.delivered(record)
-    log = sampler.poller_logs.get(poll.clone)
+    log = sampler.poller_logs.get(clone)
     if log is None:
-        log = sampler.poller_logs[poll.clone] = _backfilled_log(engine, sampler, poll.clone)
+        log = sampler.poller_logs[clone] = _backfilled_log(engine, sampler, clone)
     hold = engine.settings.poll_hold_s if poll.timeout is None else min(poll.timeout, engine.settings.poll_hold_s)
     await log.wait(poll.prev_cursor, hold)
     entries, cursor = log.since(poll.prev_cursor)
-    return {"completions": [_completion(engine, record) for record in entries], "cursor": cursor}
+    return RetrieveFuturesResponse([_completion(engine, record) for record in entries], cursor).to_json()
 
 
 def _backfilled_log(engine: Engine, sampler: SamplingSession, clone: int) -> PollerLog:
@@ -157,8 +159,10 @@ def _backfilled_log(engine: Engine, sampler: SamplingSession, clone: int) -> Pol
     return log
 
 
-def _completion(engine: Engine, record: RequestRecord) -> Dict[str, Any]:
-    if record.state != DONE or engine.store.peek_record(record.request_id) is not record:
-        return {"state": "failed" if record.state != DONE else "finished", "request_id": record.request_id}
+def _completion(engine: Engine, record: RequestRecord) -> FutureCompletion:
+    if record.state != DONE:
+        return FutureCompletion(state="failed", request_id=record.request_id)
+    if engine.store.peek_record(record.request_id) is not record:  # forgotten: no size to promise
+        return FutureCompletion(state="finished", request_id=record.request_id)
     size = len(encoded_result(record, protobuf=True))
-    return {"state": "finished", "request_id": record.request_id, "response_payload_uncompressed_size": size}
+    return FutureCompletion(state="finished", request_id=record.request_id, response_payload_uncompressed_size=size)

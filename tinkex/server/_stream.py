@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .._wire.byte_tokenizer import TOKENIZER_ID, IncrementalTextDecoder
 from .._wire.codec import dumps
+from ..types import RequestErrorCategory, SampleStreamChunk, StopReason, StreamChunkKind
 from ._engine import Engine
 from ._middleware import DROP_AFTER
 from .store import DONE, RequestRecord
@@ -34,8 +35,8 @@ HEADERS = {
 }
 
 
-def _sse(event: str, data: Dict[str, Any]) -> bytes:
-    return b"event: " + event.encode("ascii") + b"\ndata: " + dumps(data) + b"\n\n"
+def _sse(chunk: SampleStreamChunk) -> bytes:
+    return b"event: " + chunk.kind.value.encode("ascii") + b"\ndata: " + dumps(chunk.to_json()) + b"\n\n"
 
 
 class _Formatter:
@@ -48,11 +49,13 @@ class _Formatter:
     def frame(self, event: tuple) -> bytes:
         if event[0] == "token":
             _, sequence, index, token_id, logprob = event
-            data = {"index": index, "token_id": token_id, "token": self._text(sequence, token_id),
-                    "logprob": logprob, "sequence_index": sequence}  # fmt: skip
-            return _sse("token", data)
-        _, sequence, reason, total = event
-        return _sse("done", {"finish_reason": reason, "total_tokens": total, "sequence_index": sequence})
+            chunk = SampleStreamChunk(kind=StreamChunkKind.TOKEN, sequence_index=sequence, index=index,
+                                      token_id=token_id, token=self._text(sequence, token_id), logprob=logprob)
+        else:
+            _, sequence, reason, total = event
+            chunk = SampleStreamChunk(kind=StreamChunkKind.DONE, sequence_index=sequence,
+                                      finish_reason=StopReason(reason), total_tokens=total)  # fmt: skip
+        return _sse(chunk)
 
     def _text(self, sequence: int, token_id: int) -> Optional[str]:
         if not self._detokenize or not 0 <= token_id < 256:
@@ -108,10 +111,9 @@ class _Stream:
             except asyncio.TimeoutError:
                 await self.response.write(KEEP_ALIVE)
         if self.record.state != DONE:
-            message = self.record.error or "request failed"
-            await self.response.write(
-                _sse("error", {"message": message, "category": self.record.category or "unknown"})
-            )
+            failed = SampleStreamChunk(kind=StreamChunkKind.ERROR, message=self.record.error or "request failed",
+                                       category=RequestErrorCategory.parse(self.record.category))  # fmt: skip
+            await self.response.write(_sse(failed))
 
     async def _write_ready(self) -> None:
         events = self._events()

@@ -3,7 +3,8 @@
 Handlers are thin: read the JSON body, call the :class:`~tinkex.server._engine.Engine`, send
 the answer. Authentication, fault injection and error bodies live in the middleware chain.
 ``X-API-Key`` is required on every route, ``healthz`` and ``admin/stats`` included;
-``admin/stats`` also answers only loopback clients.
+``admin/stats`` also answers only loopback clients, and shows the server-wide view only to
+the server's admin key (any other key sees its own sessions and requests).
 
 Example:
     >>> from tinkex.server.app import API_PREFIX
@@ -13,14 +14,16 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
 from .._wire.codec import loads
+from ._connections import ConnectionGuard
 from ._engine import Engine
-from ._middleware import ENGINE_KEY, PRINCIPAL, build_middlewares, json_response
+from ._middleware import ADMIN_PRINCIPAL, ENGINE_KEY, PRINCIPAL, build_middlewares, json_response
 from ._problems import Problem, bad_request
 from ._retrieve import PROTOBUF, retrieve_future, retrieve_futures
 from ._routes import ROUTE_PATHS
@@ -34,10 +37,15 @@ _TELEMETRY_ACCEPTED = {"status": "accepted"}
 
 async def _body(request: web.Request, what: str, *, required: bool = True) -> Any:
     """The decoded JSON body; 400 when it is not JSON (or absent but required), 413 when too large."""
-    limit = request.app[ENGINE_KEY].settings.max_body_bytes
+    settings = request.app[ENGINE_KEY].settings
+    limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise Problem(413, f"request body of {request.content_length} bytes is larger than the limit of {limit}")
-    data = await request.read()
+    try:
+        data = await asyncio.wait_for(request.read(), settings.body_timeout_s)
+    except asyncio.TimeoutError:
+        detail = f"{what}: request body not received within {settings.body_timeout_s:g} s"
+        raise Problem(408, detail, headers={"Connection": "close"}) from None
     if not data:
         if required:
             raise bad_request(f"{what}: empty body, expected a JSON object")
@@ -135,18 +143,22 @@ class _Handlers:
     async def admin_stats(self, request: web.Request) -> web.Response:
         if not _is_loopback(request.remote):
             raise Problem(403, "admin/stats answers loopback clients only")
-        return json_response(self.engine.snapshot())
+        if _owner(request) == ADMIN_PRINCIPAL:
+            return json_response(self.engine.snapshot())
+        return json_response(self.engine.snapshot_for(_owner(request)))
 
 
-def create_app(engine: Engine) -> web.Application:
+def create_app(engine: Engine, guard: Optional[ConnectionGuard] = None) -> web.Application:
     """The application serving ``engine``; run it with an ``AppRunner(handler_cancellation=True)``
-    so that a client hanging up stops its long poll or stream."""
-    app = web.Application(middlewares=build_middlewares(engine), client_max_size=engine.settings.max_body_bytes)
+    so that a client hanging up stops its long poll or stream. ``guard`` (the listening site's
+    connection guard) learns when each connection is busy with a request."""
+    middlewares = build_middlewares(engine, guard)
+    app = web.Application(middlewares=middlewares, client_max_size=engine.settings.max_body_bytes)
     app[ENGINE_KEY] = engine
     handlers = _Handlers(engine)
     for name, (method, path) in ROUTE_PATHS.items():
         handler: Callable[..., Any] = getattr(handlers, name)
         app.router.add_route(method, API_PREFIX + path, handler, name=name)
     app.router.add_get(API_PREFIX + "admin/stats", handlers.admin_stats, name="admin_stats")
-    app.router.add_get("/admin/stats", handlers.admin_stats)  # the short path; same checks, no faults
+    app.router.add_get("/admin/stats", handlers.admin_stats, name="admin_stats_short")  # same checks, no faults
     return app

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import secrets
 import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union
 
 from aiohttp import web
 
+from ._connections import ConnectionGuard, GuardedSite
 from ._engine import Engine
-from ._settings import ServerSettings
+from ._settings import ServerSettings, split_config_flags
 from ._workers import DaemonExecutor
 from .app import create_app
 from .faults import FaultProfile
-from .model import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, load_model
+from .models import DEFAULT_MODEL, ECHO_MODEL, LanguageModel, load_model
 
 __all__ = ["LocalServer", "DEFAULT_LOCAL_KEY"]
 
@@ -52,13 +54,18 @@ class LocalServer:
         port: the port, 0 for a free one (kept across restarts).
         models: the model names to serve (loaded on the first ``start``).
         api_keys: the only keys accepted; default any ``tml-`` key.
+        admin_key: the key whose ``/admin/stats`` shows every principal (others see their own);
+            default a random one, readable as :attr:`admin_key`.
         faults: a fault profile, spec string or JSON object (see :mod:`tinkex.server.faults`).
         token_delay_ms: simulated decoding time per token.
         poll_hold_s: how long a pending ``retrieve_future`` is held.
         max_concurrent_generations: generations at once; more queue as ``paused_capacity``.
         session_expiry_s: sessions without a heartbeat for this long expire.
         promise_expiry_s: unretrieved results are forgotten (410) after this.
-        client_config: ``client/config`` flags, e.g. ``{"sample_max_concurrent_requests": 8}``.
+        client_config: flags the server announces to clients, e.g.
+            ``{"sample_use_retrieve_futures": True, "sample_max_concurrent_requests": 8}``; those
+            the protocol serves from ``client/dynamic_config`` (``sample_cancel_enabled``,
+            ``sample_cancel_max_batch_size``, ``refresh_interval_sec``) are answered there.
         dynamic_config: ``client/dynamic_config`` flags, e.g. ``{"sample_cancel_enabled": True}``.
         corpus_path: train the n-gram model on this file instead of the Python docs.
         cache_dir: where the trained n-gram model is cached.
@@ -80,6 +87,7 @@ class LocalServer:
         port: int = 0,
         models: Sequence[str] = (DEFAULT_MODEL, ECHO_MODEL),
         api_keys: Optional[Iterable[str]] = None,
+        admin_key: Optional[str] = None,
         faults: FaultsLike = None,
         token_delay_ms: float = 0.0,
         poll_hold_s: float = 10.0,
@@ -93,10 +101,12 @@ class LocalServer:
         clock: Optional[Callable[[], float]] = None,
         **options: Any,
     ) -> None:
+        client_config, dynamic_config = split_config_flags(client_config, dynamic_config)
         self.settings = ServerSettings(
             host=host,
             port=port,
             api_keys=tuple(api_keys or ()),
+            admin_key=admin_key or "tml-admin-" + secrets.token_urlsafe(16),
             token_delay_ms=token_delay_ms,
             poll_hold_s=poll_hold_s,
             max_concurrent_generations=max_concurrent_generations,
@@ -134,6 +144,13 @@ class LocalServer:
     def api_key(self) -> str:
         """A key this server accepts: the first configured one, else ``tml-local``."""
         return self.settings.api_keys[0] if self.settings.api_keys else DEFAULT_LOCAL_KEY
+
+    @property
+    def admin_key(self) -> str:
+        """The key whose ``GET /api/v1/admin/stats`` shows the whole server."""
+        admin_key = self.settings.admin_key
+        assert admin_key is not None
+        return admin_key
 
     @property
     def is_running(self) -> bool:
@@ -203,11 +220,22 @@ class LocalServer:
             faults=self._faults,
             clock=self._clock,
         )
+        guard = ConnectionGuard(
+            loop=asyncio.get_running_loop(),
+            stats=engine.stats,
+            max_per_peer=settings.connection_cap,
+            head_timeout_s=settings.head_timeout_s,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
         running.runner = web.AppRunner(
-            create_app(engine), handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_timeout_s
+            create_app(engine, guard),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_s,
+            keepalive_timeout=settings.idle_timeout_s,
         )
         await running.runner.setup()
-        site = web.TCPSite(running.runner, settings.host, self._port, reuse_address=True, backlog=1024)
+        site = GuardedSite(running.runner, settings.host, self._port, backlog=1024, guard=guard)
         await site.start()
         self._port = running.runner.addresses[0][1]
         running.sweeper = asyncio.get_running_loop().create_task(_sweep_forever(engine))

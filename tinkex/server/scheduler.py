@@ -2,11 +2,12 @@
 
 At most ``max_concurrent_generations`` requests generate at once on a thread pool; the rest
 wait in arrival order and report ``paused_capacity`` (with a reason) to polls while they wait.
-Cheap models (echo) with no simulated token delay run inline on the event loop: their cost is
-lower than a thread hand-off. Completion wakes long polls through one asyncio future per record
-(created only when someone waits), streams through their listener events, and poller-mode
-clients (``retrieve_futures``) through the completion logs of sampling sessions that use it. Every operation
-is O(1) per request.
+Small requests of cheap models (echo) with no simulated token delay run inline on the event
+loop: their cost is lower than a thread hand-off; anything heavier runs on a worker.
+Completion wakes long polls through one asyncio future per record (created only when someone
+waits), streams through their listener events, and poller-mode clients (``retrieve_futures``)
+through the completion logs of sampling sessions that use it. Every operation is O(1) per
+request.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Scheduler:
         stats: counters.
         token_delay_s: simulated decoding time per token.
         inline_cheap: run cheap models on the loop when there is no token delay.
+        inline_max_tokens: only requests generating at most this many tokens run inline; a
+            heavier one (even of a cheap model) goes to the workers so it cannot stall the loop.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Scheduler:
         stats: Stats,
         token_delay_s: float = 0.0,
         inline_cheap: bool = True,
+        inline_max_tokens: int = 4096,
     ) -> None:
         self._loop = loop
         self._executor = executor
@@ -65,6 +69,7 @@ class Scheduler:
         self._stats = stats
         self._delay_s = token_delay_s
         self._inline_cheap = inline_cheap and token_delay_s == 0
+        self._inline_max_tokens = inline_max_tokens
         self._queue: Deque[RequestRecord] = collections.deque()
         self.running = 0
         self.queued = 0
@@ -76,9 +81,7 @@ class Scheduler:
         record.generations += 1
         self._stats.count("generations")
         plan = record.plan
-        if plan.unsupported is not None:
-            self._complete(record, FAILED, error=plan.unsupported, category="user")
-        elif self._inline_cheap and plan.is_cheap:
+        if self._inline_cheap and plan.is_cheap and plan.work_tokens <= self._inline_max_tokens:
             self._run_inline(record)
         elif self.running < self.max_concurrent:
             self._start(record)

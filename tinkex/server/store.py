@@ -12,9 +12,9 @@ from __future__ import annotations
 import collections
 import secrets
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Counter, Deque, Dict, List, Optional, Set, Tuple
 
-from ..types import SampleResponse
+from ..types import SamplePromise, SampleResponse
 from ._problems import Problem, gone, not_found
 from ._settings import ServerSettings
 
@@ -80,7 +80,7 @@ class RequestRecord:
         "request_id", "owner", "session", "sampling_session_id", "seq_id", "plan", "model_name",
         "sequence_ids", "state", "generations", "created_at", "completed_at", "delivered_at",
         "expires_at", "response", "encoded", "error", "category", "cancel_flag", "waiter",
-        "streaming", "events", "listeners", "interest", "aborted_by_stream",
+        "streaming", "events", "listeners", "interest", "aborted_by_stream", "work",
     )  # fmt: skip
 
     def __init__(
@@ -96,8 +96,10 @@ class RequestRecord:
         now: float,
         streaming: bool = False,
         generations: int = 0,
+        work: int = 0,
     ) -> None:
         self.request_id = new_id("req-")
+        self.work = work
         self.owner = owner
         self.session = session
         self.sampling_session_id = sampling_session_id
@@ -134,7 +136,7 @@ class RequestRecord:
         return self.state in PENDING_STATES
 
     def promise(self) -> Dict[str, Any]:
-        return {"request_id": self.request_id, "model_id": self.model_name, "sample_sequence_ids": self.sequence_ids}
+        return SamplePromise(self.request_id, self.model_name, self.sequence_ids).to_json()
 
     def summary(self) -> Dict[str, Any]:
         """For tests and ``/admin/stats``: identity, state and how many times it was generated."""
@@ -147,6 +149,15 @@ class RequestRecord:
             "streaming": self.streaming,
             "delivered": self.delivered_at is not None,
         }
+
+
+def _decrement(counter: Counter, key: str, amount: int = 1) -> None:
+    """Subtract, dropping keys that reach zero so the counters do not grow with every key seen."""
+    left = counter[key] - amount
+    if left > 0:
+        counter[key] = left
+    else:
+        counter.pop(key, None)
 
 
 class _Deadlines:
@@ -187,12 +198,15 @@ class Store:
         self._unclaimed = _Deadlines()
         self._delivered = _Deadlines()
         self._buried = _Deadlines()
+        self.active_sessions: Counter = collections.Counter()  # per owner
+        self.pending_work: Counter = collections.Counter()  # tokens of unfinished requests per owner
 
     # sessions ---------------------------------------------------------------------------
 
     def new_session(self, owner: str, info: Dict[str, Any]) -> Session:
         session = Session(new_id("sess-"), owner, self.clock(), info)
         self.sessions[session.session_id] = session
+        self.active_sessions[owner] += 1
         return session
 
     def session(self, owner: str, session_id: str) -> Session:
@@ -225,6 +239,7 @@ class Store:
         if not session.is_active:
             return []
         session.state = state
+        _decrement(self.active_sessions, session.owner)
         session.end_reason = reason
         session.ended_at = self.clock()
         self._buried.add(session.ended_at + self.settings.tombstone_s, session.session_id)
@@ -273,6 +288,7 @@ class Store:
         if record.session is not None:
             record.session.record_ids.add(record.request_id)
             record.session.pending += 1
+        self.pending_work[record.owner] += record.work
 
     def record(self, owner: str, request_id: str) -> RequestRecord:
         """The caller's record; 410 when forgotten, 404 when unknown or someone else's."""
@@ -293,6 +309,7 @@ class Store:
         record.completed_at = now
         if record.session is not None:
             record.session.pending -= 1
+        _decrement(self.pending_work, record.owner, record.work)
         if record.request_id in self.records:
             record.expires_at = now + self.settings.promise_expiry_s
             self._unclaimed.add(record.expires_at, record.request_id)

@@ -19,6 +19,7 @@ from ._answers import (
     TryAgainResponse,
 )
 from ._model_input import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput, ModelInputChunk
+from ._poller import FutureCompletion, RetrieveFuturesRequest, RetrieveFuturesResponse, SamplingSessionTarget
 from ._sampling import (
     QueueState,
     RequestErrorCategory,
@@ -46,6 +47,7 @@ from ._session import (
     SessionHeartbeatRequest,
     SupportedModel,
 )
+from ._tensor import PromptAltTokens, TensorData
 
 __all__ = [
     "EncodedTextChunk",
@@ -54,6 +56,12 @@ __all__ = [
     "ModelInput",
     "ModelInputChunk",
     "CompleteMetadataResponse",
+    "PromptAltTokens",
+    "TensorData",
+    "FutureCompletion",
+    "RetrieveFuturesRequest",
+    "RetrieveFuturesResponse",
+    "SamplingSessionTarget",
     "QueueState",
     "RequestErrorCategory",
     "RequestFailedResponse",

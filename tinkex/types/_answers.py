@@ -141,3 +141,49 @@ class SampleStreamChunk:
     @property
     def is_done(self) -> bool:
         return self.kind is StreamChunkKind.DONE
+
+    def to_json(self) -> dict:
+        """The ``data:`` object of this chunk's SSE event (protocol 9.2); the event name is ``kind``.
+
+        Example:
+            >>> SampleStreamChunk(kind=StreamChunkKind.DONE, finish_reason=StopReason.LENGTH, total_tokens=1).to_json()
+            {'finish_reason': 'length', 'total_tokens': 1, 'sequence_index': 0}
+        """
+        if self.kind is StreamChunkKind.TOKEN:
+            return {"index": self.index, "token_id": self.token_id, "token": self.token, "logprob": self.logprob,
+                    "sequence_index": self.sequence_index}  # fmt: skip
+        if self.kind is StreamChunkKind.DONE:
+            reason = None if self.finish_reason is None else self.finish_reason.value
+            return {"finish_reason": reason, "total_tokens": self.total_tokens, "sequence_index": self.sequence_index}
+        category = RequestErrorCategory.UNKNOWN if self.category is None else self.category
+        return {"message": self.message, "category": category.value}
+
+    @classmethod
+    def from_event(cls, event: str, data: Any) -> SampleStreamChunk:
+        """Decode one SSE event (``event`` name, parsed ``data``); a missing ``sequence_index`` is 0.
+
+        Raises:
+            DecodeError: an unknown event name or a field of the wrong type.
+        """
+        try:
+            kind = StreamChunkKind(event)
+        except ValueError:
+            raise DecodeError(f"SampleStreamChunk: unknown event {event!r}") from None
+        what = f"SampleStreamChunk({event})"
+        mapping = require_mapping(data, what)
+        sequence_index = get_field(mapping, "sequence_index", what, int, 0)
+        if kind is StreamChunkKind.TOKEN:
+            return cls(kind=kind, sequence_index=sequence_index, index=get_field(mapping, "index", what, int),
+                       token_id=get_field(mapping, "token_id", what, int),
+                       token=get_field(mapping, "token", what, str, None),
+                       logprob=get_field(mapping, "logprob", what, (int, float), None))  # fmt: skip
+        if kind is StreamChunkKind.DONE:
+            reason = get_field(mapping, "finish_reason", what, str)
+            try:
+                finish_reason = StopReason(reason)
+            except ValueError:
+                raise DecodeError(f"{what}: unknown finish_reason {reason!r}") from None
+            return cls(kind=kind, sequence_index=sequence_index, finish_reason=finish_reason,
+                       total_tokens=get_field(mapping, "total_tokens", what, int))  # fmt: skip
+        return cls(kind=kind, message=get_field(mapping, "message", what, str),
+                   category=RequestErrorCategory.parse(mapping.get("category")))  # fmt: skip

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import attrs
 
 from ..errors import DecodeError, ValidationError
 from ._model_input import ModelInput
+from ._tensor import PromptAltTokens, TensorData
 from ._wire import decode_list, fields_to_json, get_field, int_list, optional_float_list, require_mapping
 
 __all__ = [
@@ -201,6 +202,8 @@ class SampleRequest:
     prompt_alt_tokens_k: int = 0
     record_stability_info: bool = False
     type: str = attrs.field(default="sample", init=False)
+    target_prompt_logprobs: Optional[TensorData] = None
+    prompt_logprobs_last_n: Optional[int] = None
 
     def to_json(self) -> dict:
         out: dict = {
@@ -214,7 +217,11 @@ class SampleRequest:
                 out[name] = value
         out["topk_prompt_logprobs"] = self.topk_prompt_logprobs
         out["topk_sample_logprobs"] = self.topk_sample_logprobs
+        if self.target_prompt_logprobs is not None:
+            out["target_prompt_logprobs"] = self.target_prompt_logprobs.to_json()
         out["prompt_alt_tokens_k"] = self.prompt_alt_tokens_k
+        if self.prompt_logprobs_last_n is not None:
+            out["prompt_logprobs_last_n"] = self.prompt_logprobs_last_n
         out["record_stability_info"] = self.record_stability_info
         out["type"] = "sample"
         return out
@@ -238,6 +245,10 @@ class SampleRequest:
                 topk_sample_logprobs=get_field(mapping, "topk_sample_logprobs", what, int, 0),
                 prompt_alt_tokens_k=get_field(mapping, "prompt_alt_tokens_k", what, int, 0),
                 record_stability_info=get_field(mapping, "record_stability_info", what, bool, False),
+                target_prompt_logprobs=get_field(
+                    mapping, "target_prompt_logprobs", what, dict, None, TensorData.from_json
+                ),
+                prompt_logprobs_last_n=get_field(mapping, "prompt_logprobs_last_n", what, int, None),
             )
         except ValidationError as exc:
             raise DecodeError(f"SampleRequest: {exc}") from None
@@ -268,6 +279,14 @@ def decode_topk_rows(value: Any, what: str) -> List[TopkLogprobs]:
     return decode_list(
         value, what, lambda row: None if row is None else decode_list(row, what, _decode_topk_entry)
     )
+
+
+def _topk_rows_json(rows: List[TopkLogprobs]) -> list:
+    return [None if row is None else [list(entry) for entry in row] for row in rows]
+
+
+def _sequence_topk(rows: Any) -> List[TopkLogprobs]:
+    return decode_topk_rows(rows, "SampledSequence.topk_logprobs")
 
 
 def _tokenizer(tokenizer: Any) -> Any:
@@ -310,6 +329,8 @@ class SampledSequence:
         out["logprobs"] = self.logprobs
         if self.sequence_id is not None:
             out["sequence_id"] = self.sequence_id
+        if self.topk_logprobs is not None:
+            out["topk_logprobs"] = _topk_rows_json(self.topk_logprobs)
         return out
 
     @classmethod
@@ -322,6 +343,7 @@ class SampledSequence:
             logprobs=None if logprobs is None else optional_float_list(logprobs, "SampledSequence.logprobs"),
             stop_reason=get_field(mapping, "stop_reason", what, str, StopReason.STOP, _decode_stop_reason),
             sequence_id=get_field(mapping, "sequence_id", what, str, None),
+            topk_logprobs=get_field(mapping, "topk_logprobs", what, list, None, _sequence_topk),
         )
 
 
@@ -339,19 +361,24 @@ class SampleResponse:
     topk_prompt_logprobs: Optional[List[TopkLogprobs]] = None
     prompt_cache_hit_tokens: int = 0
     type: str = attrs.field(default="sample", init=False)
+    target_prompt_logprobs: Optional[TensorData] = None
+    prompt_alt_tokens: Optional[PromptAltTokens] = None
 
     def to_json(self) -> dict:
-        """The legacy JSON result form (protocol 6.4)."""
+        """The legacy JSON result form (protocol 6.4), plus the 0.38 fields when present."""
         topk = self.topk_prompt_logprobs
-        return {
+        out: Dict[str, Any] = {
             "type": "sample",
             "sequences": [seq.to_json() for seq in self.sequences],
             "prompt_logprobs": self.prompt_logprobs,
-            "topk_prompt_logprobs": None if topk is None else [
-                None if row is None else [list(entry) for entry in row] for row in topk
-            ],
+            "topk_prompt_logprobs": None if topk is None else _topk_rows_json(topk),
             "prompt_cache_hit_tokens": self.prompt_cache_hit_tokens,
         }
+        if self.target_prompt_logprobs is not None:
+            out["target_prompt_logprobs"] = self.target_prompt_logprobs.to_json()
+        if self.prompt_alt_tokens is not None:
+            out["prompt_alt_tokens"] = self.prompt_alt_tokens.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> SampleResponse:
@@ -364,6 +391,8 @@ class SampleResponse:
             prompt_logprobs=None if prompt_logprobs is None else optional_float_list(prompt_logprobs, what),
             topk_prompt_logprobs=None if topk is None else decode_topk_rows(topk, what),
             prompt_cache_hit_tokens=get_field(mapping, "prompt_cache_hit_tokens", what, int, 0),
+            target_prompt_logprobs=get_field(mapping, "target_prompt_logprobs", what, dict, None, TensorData.from_json),
+            prompt_alt_tokens=get_field(mapping, "prompt_alt_tokens", what, dict, None, PromptAltTokens.from_json),
         )
 
     def texts(self, tokenizer: Any) -> List[str]:

@@ -62,6 +62,7 @@ class CreateSessionResponse(_Wire):
     info_message: Optional[str] = attrs.field(default=None, metadata=_kind(str))
     warning_message: Optional[str] = attrs.field(default=None, metadata=_kind(str))
     error_message: Optional[str] = attrs.field(default=None, metadata=_kind(str))
+    type: Optional[str] = attrs.field(default=None, metadata=_kind(str))  # "create_session" when a server sends it
 
 
 @attrs.frozen
@@ -88,6 +89,7 @@ class CreateSamplingSessionResponse(_Wire):
     """Answer of ``create_sampling_session``."""
 
     sampling_session_id: str = attrs.field(metadata=_kind(str))
+    type: Optional[str] = attrs.field(default=None, metadata=_kind(str))
 
 
 @attrs.frozen
@@ -121,6 +123,7 @@ class JoinSamplingSessionResponse(_Wire):
     """Answer of ``join_sampling_session``: this clone's counter (>= 1)."""
 
     client_counter: int = attrs.field(metadata=_kind(int))
+    type: Optional[str] = attrs.field(default=None, metadata=_kind(str))
 
 
 @attrs.frozen

@@ -31,12 +31,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
-from ..errors import ValidationError
-from ..types import SamplingParams
-from .model import DEFAULT_MODEL, Generation, LanguageModel, StopMatcher, TopkRow, check_topk
+from ..._wire.byte_tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
+from ...errors import ValidationError
+from ...types import SamplingParams
+from .base import (
+    Generation,
+    LanguageModel,
+    StopMatcher,
+    TopkRow,
+    check_token_ids,
+    check_topk,
+)
 
-__all__ = ["NGramModel", "ORDER", "MODEL_VERSION"]
+__all__ = ["NGramModel", "NGRAM_MODEL", "ORDER", "MODEL_VERSION"]
+
+NGRAM_MODEL = "tinkex/ngram-small"
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ _BASE = 512  # each token id takes 9 bits of a packed n-gram key; 6 x 9 bits fit
 _DISCOUNT_RANGE = (0.05, 0.95)
 _CACHE_ENTRIES = 16384
 _F32 = struct.Struct("<f")
+_ALTERNATIVES_STREAM = 2**32  # the random stream of prompt_alt_tokens draws: never a sample index
 
 Grams = List[Tuple[np.ndarray, np.ndarray]]  # per n-gram length: (sorted packed keys, counts)
 Chooser = Callable[[np.ndarray, np.random.Generator], int]
@@ -227,7 +237,7 @@ class NGramModel(LanguageModel):
         b'at sat o'
     """
 
-    name = DEFAULT_MODEL
+    name = NGRAM_MODEL
 
     def __init__(self, grams: Grams, *, cache_path: Optional[str] = None, from_cache: bool = False) -> None:
         self.grams = grams
@@ -258,7 +268,7 @@ class NGramModel(LanguageModel):
         began = time.perf_counter()
         grams = count_ngrams(stream)
         elapsed = time.perf_counter() - began
-        logger.info("trained %s on %d tokens in %.2f s", DEFAULT_MODEL, len(stream), elapsed)
+        logger.info("trained %s on %d tokens in %.2f s", NGRAM_MODEL, len(stream), elapsed)
         _write_cache(path, grams)
         return cls(grams, cache_path=path)
 
@@ -320,6 +330,37 @@ class NGramModel(LanguageModel):
         rows = (self._topk(tuple(history[max(0, j - _CONTEXT) : j]), k) for j in range(first, len(history)))
         return [None, *rows]
 
+    def _prompt_contexts(self, prompt: Sequence[int]) -> List[Tuple[int, ...]]:
+        """The context predicting ``prompt[i + 1]``, for each ``i < len(prompt) - 1``."""
+        history = self.history(prompt)
+        first = len(history) - len(prompt) + 1
+        return [tuple(history[max(0, j - _CONTEXT) : j]) for j in range(first, len(history))]
+
+    def prompt_token_logprobs(self, prompt: Sequence[int], token_rows: Sequence[Sequence[int]]) -> List[List[float]]:
+        check_token_ids(token_rows, self.vocab_size)
+        rows = []
+        for context, ids in zip(self._prompt_contexts(prompt), token_rows):
+            p = self.distribution(context)
+            rows.append([0.0 if t == -1 else _float32(math.log(p[t])) for t in ids])
+        return rows
+
+    def prompt_alternatives(
+        self, prompt: Sequence[int], k: int, params: SamplingParams
+    ) -> Tuple[List[List[int]], List[List[float]]]:
+        rng = _generator(params.seed, _ALTERNATIVES_STREAM)
+        tokens: List[List[int]] = []
+        logprobs: List[List[float]] = []
+        for context in self._prompt_contexts(prompt):
+            p = self.distribution(context)
+            if params.temperature == 0:
+                drawn = [int(p.argmax())] * k
+            else:
+                weights = p if params.temperature == 1 else _tempered(p, params.temperature)
+                drawn = rng.choice(len(p), size=k, p=weights / weights.sum()).tolist()
+            tokens.append(drawn)
+            logprobs.append([_float32(math.log(p[t])) for t in drawn])
+        return tokens, logprobs
+
     def _topk(self, context: Tuple[int, ...], k: int) -> List[Tuple[int, float]]:
         p = self.distribution(context)
         best = np.argsort(-p, kind="stable")[:k].tolist()
@@ -358,7 +399,7 @@ def default_documents() -> List[bytes]:
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions strip pydoc_data; builtins' docstrings are always there
-        logger.warning("pydoc_data is missing; training %s on builtins' docstrings", DEFAULT_MODEL)
+        logger.warning("pydoc_data is missing; training %s on builtins' docstrings", NGRAM_MODEL)
         import builtins
 
         docs = (obj.__doc__ for obj in vars(builtins).values())

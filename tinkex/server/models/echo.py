@@ -9,13 +9,24 @@ alike.
 from __future__ import annotations
 
 import math
+import random
 import struct
 from typing import List, Optional, Sequence, Tuple
 
-from ..types import SamplingParams
-from .model import ECHO_MODEL, Generation, LanguageModel, StopMatcher, TopkRow, check_prompt, check_topk
+from ...types import SamplingParams
+from .base import (
+    Generation,
+    LanguageModel,
+    StopMatcher,
+    TopkRow,
+    check_prompt,
+    check_token_ids,
+    check_topk,
+)
 
-__all__ = ["EchoModel"]
+__all__ = ["EchoModel", "ECHO_MODEL"]
+
+ECHO_MODEL = "tinkex/echo"
 
 # Rounded through float32 like every logprob the models report.
 _UNIFORM_LOGPROB = struct.unpack("<f", struct.pack("<f", -math.log(258)))[0]
@@ -43,6 +54,7 @@ class EchoModel(LanguageModel):
     """
 
     name = ECHO_MODEL
+    is_cheap = True
     default_max_tokens = 16
 
     def start(self, prompt: Sequence[int], params: SamplingParams, sample_index: int = 0) -> Generation:
@@ -54,6 +66,20 @@ class EchoModel(LanguageModel):
     def prompt_logprobs(self, prompt: Sequence[int]) -> List[Optional[float]]:
         tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
         return [None] + [_UNIFORM_LOGPROB] * (len(tokens) - 1) if tokens else []
+
+    def prompt_token_logprobs(self, prompt: Sequence[int], token_rows: Sequence[Sequence[int]]) -> List[List[float]]:
+        check_prompt(prompt, self.vocab_size, self.max_context_length)
+        check_token_ids(token_rows, self.vocab_size)
+        return [[0.0 if t == -1 else _UNIFORM_LOGPROB for t in row] for row in token_rows[: max(0, len(prompt) - 1)]]
+
+    def prompt_alternatives(
+        self, prompt: Sequence[int], k: int, params: SamplingParams
+    ) -> Tuple[List[List[int]], List[List[float]]]:
+        tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
+        rng = random.Random(params.seed)  # uniform at any temperature; greedy takes the first id
+        rows = max(0, len(tokens) - 1)
+        draw = (lambda: 0) if params.temperature == 0 else (lambda: rng.randrange(self.vocab_size))
+        return [[draw() for _ in range(k)] for _ in range(rows)], [[_UNIFORM_LOGPROB] * k for _ in range(rows)]
 
     def topk_prompt_logprobs(self, prompt: Sequence[int], k: int) -> List[TopkRow]:
         tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
