@@ -44,6 +44,7 @@ __all__ = ["SamplingClient"]
 
 logger = logging.getLogger(__name__)
 
+POLLER_MODE_WORKERS = 32
 _LOGPROB_PARAMS = SamplingParams(max_tokens=1, temperature=1.0, top_k=-1, top_p=1.0)
 
 
@@ -157,8 +158,12 @@ class SamplingClient:
     def _workers(self, state: Snapshot) -> int:
         """In default mode each in-flight sample holds a worker for its whole life, so the worker cap is the
         in-flight limit: the server's ``sample_max_concurrent_requests`` (2,000 by default), lowered by
-        ``max_workers`` or ``RetryConfig.max_connections``. The pool starts threads only as samples need them."""
+        ``max_workers`` or ``RetryConfig.max_connections``. The pool starts threads only as samples need them.
+        In poller mode a waiting sample holds no worker, so ``POLLER_MODE_WORKERS`` short-call workers serve
+        any number in flight."""
         limit = state.client_config.sample_max_concurrent_requests
+        if state.client_config.sample_use_retrieve_futures:  # workers only make short calls: few suffice
+            limit = POLLER_MODE_WORKERS
         return max(1, min(self._max_workers or limit, limit, state.retry_config.max_connections or limit))
 
     @classmethod

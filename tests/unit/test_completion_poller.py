@@ -145,3 +145,23 @@ def test_close_stops_the_thread_promptly() -> None:
     the_poller.close()
     assert time.monotonic() - started < 1.0
     assert not the_poller._thread.is_alive()
+
+
+def test_a_completion_that_arrives_before_its_waiter_is_kept_for_it() -> None:
+    """The promise's answer and the poll race: the poll may report r1 before the sample registers."""
+    the_poller, transport, _ = poller({"completions": [{"state": "finished", "request_id": "r0"}], "cursor": 1},
+                                      {"completions": [{"state": "finished", "request_id": "r1"}], "cursor": 2},
+                                      {"completions": [], "cursor": 2})
+    first = Outcomes()
+    the_poller.wait("r0", None, first.add, first.add)
+    first.wait(1)
+    the_poller.acknowledge("r0")  # fetched: the poller polls again to say so, and hears of r1
+    deadline = time.monotonic() + 5
+    while "r1" not in the_poller._unclaimed:  # r1 was reported while nobody waited for it
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    late = Outcomes()
+    the_poller.wait("r1", None, late.add, late.add)
+    assert late.wait(1) == [Completion("r1")]
+    the_poller.close()
+    assert all("r1" not in c.body["retrieved_request_ids"] for c in transport.calls_to(PATH))

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_DELAY = 1.0  # protocol.md 4.10: transient failures of retrieve_futures are retried after 1 s
 ACK_READ_TIMEOUT = 5.0
+# A completion can arrive before its sample registers (the promise's answer and the poll race);
+# it is kept unacknowledged this long for its waiter, then acknowledged as nobody's.
+UNCLAIMED_TTL = 300.0
 
 
 @attrs.frozen
@@ -73,6 +76,7 @@ class CompletionPoller:
         self._billing_window = billing_window
         self._cond = threading.Condition()  # guards everything below
         self._waiters: Dict[str, _Waiter] = {}
+        self._unclaimed: Dict[str, Tuple[float, Completion]] = {}
         self._acks: List[str] = []
         self._cursor = 0
         self._closed = False
@@ -90,12 +94,15 @@ class CompletionPoller:
         """Call ``on_complete`` when ``request_id`` finishes, ``on_fail`` at its deadline or if polling breaks."""
         with self._cond:
             failure = self._failure
-            if failure is None:
+            early = self._unclaimed.pop(request_id, None)
+            if failure is None and early is None:
                 self._waiters[request_id] = _Waiter(deadline, on_complete, on_fail)
                 if deadline is not None and self._poll_until is not None and deadline < self._poll_until:
                     self._cut_poll()  # re-poll with a bound that honours this deadline
                 self._cond.notify_all()
-        if failure is not None:
+        if early is not None:
+            on_complete(early[1])
+        elif failure is not None:
             on_fail(failure)
 
     def forget(self, request_id: str) -> bool:
@@ -231,10 +238,18 @@ class CompletionPoller:
                 waiter = self._waiters.pop(completion.request_id, None)
                 if waiter is not None:
                     ready.append((waiter, completion))
-                else:  # not ours to wait for (cancelled, or another copy's): let the server drop it
-                    self._acks.append(completion.request_id)
+                else:  # its sample has not registered yet (or never will): keep it a while
+                    self._unclaimed[completion.request_id] = (self._clock.monotonic(), completion)
+            self._drop_stale_unclaimed()
         for waiter, completion in ready:
             waiter.on_complete(completion)
+
+    def _drop_stale_unclaimed(self) -> None:
+        """Under the lock: acknowledge completions nobody claimed within ``UNCLAIMED_TTL``."""
+        cutoff = self._clock.monotonic() - UNCLAIMED_TTL
+        for request_id in [rid for rid, (at, _) in self._unclaimed.items() if at < cutoff]:
+            del self._unclaimed[request_id]
+            self._acks.append(request_id)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
