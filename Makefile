@@ -42,11 +42,13 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/server_throughput.py
 	$(BIN)/python bench/client_overhead.py
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/batch.py
 	$(BIN)/python bench/lm_eval.py 2>/dev/null
+	$(BIN)/python bench/inflight.py
 
 serve: $(STAMP)
 	$(BIN)/tinkex serve
