@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=20, help="tokens per sample")
     parser.add_argument("--rounds", type=int, default=2, help="samples per level = rounds x in flight")
     parser.add_argument("--min-samples", type=int, default=256, help="at least this many samples per level")
-    parser.add_argument("--json", default=str(HERE / "inflight.json"), help="write the figures here")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     parser.add_argument("--plot", default=str(REPO / "docs" / "inflight.png"), help="draw the plot here ('' skips)")
     return parser
 
@@ -144,7 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{args.token_delay_ms:g} ms = {latency_s:.1f} s per sample; {args.rounds} x in-flight samples per level")
     results = [r for r in (run_client(name, args) for name in args.clients.split(",")) if r is not None]
     report(results, latency_s)
-    Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     if args.plot:
         plot(results, latency_s, args.plot)
     return 0
