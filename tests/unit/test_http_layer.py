@@ -1,0 +1,78 @@
+"""The HTTP layer's retry loop (protocol.md 7.1 layer 1) over the in-memory transport."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.virtual_clock import VirtualClock
+from tinkex._config import Config
+from tinkex._http import FakeTransport
+from tinkex.errors import APIConnectionError, APITimeoutError, AuthenticationError, InternalServerError
+
+
+def transport(max_retries: int = 10) -> tuple:
+    time_ = VirtualClock(random=0.0)
+    config = Config.from_env(api_key="tml-http-layer", base_url="http://fake.invalid", max_retries=max_retries)
+    return FakeTransport(config, clock=time_.clock()), time_
+
+
+def test_a_retried_call_keeps_its_idempotency_key_and_counts_its_retries() -> None:
+    fake, time_ = transport()
+    fake.on("create_session", (503, b"{}"), (429, b"{}"), APIConnectionError("reset", url="u"), {"session_id": "s"})
+    assert fake.request("POST", "create_session", body={}).json("x") == {"session_id": "s"}
+    calls = fake.calls_to("create_session")
+    assert len({c.headers["X-Idempotency-Key"] for c in calls}) == 1
+    assert [c.headers["x-stainless-retry-count"] for c in calls] == ["0", "1", "2", "3"]
+    assert time_.sleeps == [0.5, 1.0, 2.0]  # min(0.5 * 2^n, 10) at the jitter's top (random 0)
+
+
+def test_retry_after_is_honoured_up_to_sixty_seconds() -> None:
+    fake, time_ = transport()
+    fake.on("create_session", (503, b"{}", {"retry-after": "7"}), (503, b"{}", {"retry-after-ms": "250"}),
+            (503, b"{}", {"retry-after": "120"}), {"session_id": "s"})
+    fake.request("POST", "create_session", body={})
+    assert time_.sleeps == [7.0, 0.25, 2.0]  # 120 s is over the cap: the computed delay instead
+
+
+def test_max_retries_bounds_the_loop_and_the_last_answer_is_raised() -> None:
+    fake, time_ = transport(max_retries=2)
+    fake.on("create_session", (500, {"detail": "down"}))
+    with pytest.raises(InternalServerError):
+        fake.request("POST", "create_session", body={})
+    assert len(fake.calls_to("create_session")) == 3
+
+
+def test_a_final_status_is_raised_at_once() -> None:
+    fake, time_ = transport()
+    fake.on("create_session", (401, {"detail": "invalid API key"}))
+    with pytest.raises(AuthenticationError) as raised:
+        fake.request("POST", "create_session", body={})
+    assert raised.value.status_code == 401 and time_.sleeps == []
+
+
+def test_a_bare_400_is_a_connection_error_once_retries_run_out() -> None:
+    fake, _ = transport(max_retries=1)
+    fake.on("create_session", (400, b""))
+    with pytest.raises(APIConnectionError, match="proxy rejection"):
+        fake.request("POST", "create_session", body={})
+    assert len(fake.calls_to("create_session")) == 2
+
+
+def test_no_retry_sleeps_past_the_deadline() -> None:
+    fake, time_ = transport()
+    fake.on("create_session", (503, b"{}"))
+    with pytest.raises(APITimeoutError):
+        fake.request("POST", "create_session", body={}, deadline=time_.now + 1.2)
+    assert sum(time_.sleeps) <= 1.2
+
+
+def test_a_closed_transport_abandons_the_retry_wait() -> None:
+    fake, _ = transport()
+
+    def close_then_fail(_call: object) -> tuple:
+        fake.close()
+        return 503, b"{}"
+
+    fake.on("create_session", close_then_fail)
+    with pytest.raises(APIConnectionError, match="closing|closed"):
+        fake.request("POST", "create_session", body={})
