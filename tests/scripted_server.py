@@ -121,7 +121,7 @@ class ScriptedServer(LoopbackServer):
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                recorded = Recorded(self.command, self.path, {k: v for k, v in self.headers.items()}, body)
+                recorded = Recorded(self.command, self.path, dict(self.headers.items()), body)
                 answer = owner._next(recorded) or Answer(status=404, body=b'{"detail":"not scripted"}')
                 if answer.delay:
                     time.sleep(answer.delay)

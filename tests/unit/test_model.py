@@ -244,7 +244,7 @@ def test_a_stop_string_ends_the_sequence_where_it_completes(model: _ngram.NGramM
         sequence = model.start(TOKENIZER.encode("The "), SamplingParams(seed=seed, stop=["t ", "é"])).run()
         text = text_of(sequence.tokens)
         assert sequence.stop_reason is StopReason.STOP
-        assert text.endswith(b"t ") or text.endswith("é".encode())
+        assert text.endswith((b"t ", "é".encode()))
         assert b"t " not in text[:-1] and "é".encode() not in text[:-1]
 
 

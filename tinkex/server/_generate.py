@@ -107,7 +107,7 @@ def _run_sequence(
     generation = plan.model.start(plan.prompt, plan.params, index)
     for position, (token, logprob) in enumerate(generation):
         if cancel.wait(delay_s) if delay_s else cancel.is_set():
-            raise GenerationCancelled()
+            raise GenerationCancelled
         if position % _YIELD_EVERY == _YIELD_EVERY - 1:
             time.sleep(0)  # hand the GIL to the event loop: a long generation must not starve it
         if emit is not None:
