@@ -64,49 +64,50 @@ def _retrieve(post: Callable[[str, bytes], tuple], request_id: str) -> None:
             return
 
 
+def _loop(post: Callable[[str, bytes], tuple], sampling_session_id: str, request: Dict[str, Any],
+          first_seq: int) -> Loop:
+    """``n`` samples one at a time through ``post`` (one HTTP call: path, body -> status, type, body)."""
+    body = _bodies(sampling_session_id, request, first_seq)
+    seq = [0]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            _, _, data = post("/api/v1/asample", body(seq[0]))
+            seq[0] += 1
+            _retrieve(post, json.loads(data)["request_id"])
+
+    return run
+
+
+def _per_path(api_key: str) -> Dict[str, Dict[str, str]]:
+    headers = _headers(api_key)
+    return {"/api/v1/asample": dict(headers, **ASAMPLE_HEADERS),
+            "/api/v1/retrieve_future": dict(headers, **POLL_HEADERS)}
+
+
 def http_client_loop(url: str, api_key: str, sampling_session_id: str, request: Dict[str, Any]) -> Loop:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80)
-    headers = _headers(api_key)
-    per_path = {"/api/v1/asample": dict(headers, **ASAMPLE_HEADERS),
-                "/api/v1/retrieve_future": dict(headers, **POLL_HEADERS)}
-    body = _bodies(sampling_session_id, request, 3 * 10**9)
-    seq = [0]
+    per_path = _per_path(api_key)
 
     def post(path: str, payload: bytes) -> tuple:
         conn.request("POST", path, payload, per_path[path])
         answer = conn.getresponse()
         return answer.status, answer.getheader("content-type", ""), answer.read()
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            _, _, data = post("/api/v1/asample", body(seq[0]))
-            seq[0] += 1
-            _retrieve(post, json.loads(data)["request_id"])
-
-    return run
+    return _loop(post, sampling_session_id, request, 3 * 10**9)
 
 
 def urllib3_loop(url: str, api_key: str, sampling_session_id: str, request: Dict[str, Any]) -> Loop:
     parts = urlsplit(url)
     pool = urllib3.HTTPConnectionPool(parts.hostname or "127.0.0.1", parts.port or 80, maxsize=1)
-    headers = _headers(api_key)
-    per_path = {"/api/v1/asample": dict(headers, **ASAMPLE_HEADERS),
-                "/api/v1/retrieve_future": dict(headers, **POLL_HEADERS)}
-    body = _bodies(sampling_session_id, request, 4 * 10**9)
-    seq = [0]
+    per_path = _per_path(api_key)
 
     def post(path: str, payload: bytes) -> tuple:
         answer = pool.urlopen("POST", path, body=payload, headers=per_path[path], retries=False)
         return answer.status, answer.headers.get("content-type", ""), answer.data
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            _, _, data = post("/api/v1/asample", body(seq[0]))
-            seq[0] += 1
-            _retrieve(post, json.loads(data)["request_id"])
-
-    return run
+    return _loop(post, sampling_session_id, request, 4 * 10**9)
 
 
 def cpu_us_per_sample(loop: Loop, n: int) -> float:

@@ -24,3 +24,15 @@ def start_server(extra_args: Sequence[str] = (), preexec_fn: Optional[Callable[[
         child.kill()
         raise RuntimeError(f"the server did not start: {banner!r}")
     return child, banner.split()[3]
+
+
+def official_python() -> Optional[Path]:
+    """The official SDK's side-venv interpreter (built on first use, as for the compat tests), or None."""
+    sys.path.insert(0, str(REPO))
+    from tests.compat.official_venv import OfficialSDKUnavailable, ensure_official_venv
+
+    try:
+        return ensure_official_venv()
+    except OfficialSDKUnavailable as exc:
+        print(f"# official SDK not measured: {exc}", file=sys.stderr)
+        return None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from _common import run_suite
+from _server import official_python
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tinkex/echo"
@@ -209,17 +210,6 @@ def _against_server(args: argparse.Namespace, run: Callable[[str], Any]) -> Any:
         _stop_server(server)
 
 
-def _official_python() -> Optional[Path]:
-    sys.path.insert(0, str(REPO))
-    from tests.compat.official_venv import OfficialSDKUnavailable, ensure_official_venv
-
-    try:
-        return ensure_official_venv()
-    except OfficialSDKUnavailable as exc:
-        print(f"# official SDK not measured: {exc}", file=sys.stderr)
-        return None
-
-
 def run_official(python: Path, url: str, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     spec = dict(_request_spec(args), base_url=url, api_key=API_KEY, base_model=MODEL, suite=_suite_kwargs(args))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "PYTHON"))}
@@ -297,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ours = _against_server(args, lambda url: run_tinkex(url, args))
     theirs = None
     if args.official:
-        python = _official_python()
+        python = official_python()
         if python is not None:
             theirs = _against_server(args, lambda url: run_official(python, url, args))
     report(ours, theirs)

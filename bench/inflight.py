@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from _server import API_KEY, MODEL, REPO, start_server
+from _server import API_KEY, MODEL, REPO, official_python, start_server
 
 HERE = Path(__file__).resolve().parent
 CLIENTS = {
@@ -52,16 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _python_for(sdk: str) -> Optional[Path]:
-    if sdk == "tinkex":
-        return Path(sys.executable)
-    sys.path.insert(0, str(REPO))
-    from tests.compat.official_venv import OfficialSDKUnavailable, ensure_official_venv
-
-    try:
-        return ensure_official_venv()
-    except OfficialSDKUnavailable as exc:
-        print(f"# official SDK not measured: {exc}", file=sys.stderr)
-        return None
+    return Path(sys.executable) if sdk == "tinkex" else official_python()
 
 
 def run_client(name: str, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
