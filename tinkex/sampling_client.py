@@ -144,7 +144,8 @@ class SamplingClient:
 
     def _build_engine(self, state: Snapshot, first_seq: int) -> _Engine:
         workers = self._workers(state)
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinkex-sample")
+        prefix = f"tinkex-sample-{state.sampling_session_id}"  # per client: whose threads these are shows in a dump
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix)
         transport = self._holder.transport.derive(pool_size=workers + 4)
         reporter = QueueStateReporter(self._observer, {"session_id": state.session_id,
                                                        "sampling_session_id": state.sampling_session_id})
@@ -195,7 +196,14 @@ class SamplingClient:
         return engine, state
 
     def _snapshot(self) -> Snapshot:
-        return self._running()[1]
+        """The current snapshot (still readable after close), waiting for initialisation if needed."""
+        state = self._target.current
+        if state is None:
+            self._ready.result()
+            state = self._target.current
+        if state is None:
+            raise ClientClosedError("this SamplingClient was closed before it was ready")
+        return state
 
     # -- public calls ------------------------------------------------------------------------
 

@@ -109,3 +109,21 @@ def test_a_404_poll_on_a_live_session_is_not_a_restart() -> None:
     with pytest.raises(NotFoundError):
         rig.sampler.execute(rig.state, call())
     assert rig.seq_ids() == [0]
+
+
+def test_a_final_error_carries_no_wrapper_and_pickles() -> None:
+    """The internal Final wrapper must not end up as the error's context (it holds the error: a
+    cycle that made pickling the error recurse forever)."""
+    import pickle
+
+    rig = Rig()
+    rig.transport.on("asample", promise_for_seq)
+    rig.transport.on("retrieve_future", {"error": "quota", "category": "user"})
+    with pytest.raises(RequestFailedError) as raised:
+        rig.sampler.execute(rig.state, call())
+    chain, seen = raised.value, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        assert type(chain).__name__ != "Final"
+        chain = chain.__context__
+    assert pickle.loads(pickle.dumps(raised.value)).request_id == raised.value.request_id

@@ -27,12 +27,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def sample_threads() -> List[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("tinkex-sample")]
+def sample_threads(client: Any = None) -> List[str]:
+    prefix = "tinkex-sample" if client is None else f"tinkex-sample-{client.sampling_session_id}"
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
-def poller_threads() -> List[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("tinkex-poller")]
+def poller_threads(client: Any = None) -> List[str]:
+    prefix = "tinkex-poller" if client is None else f"tinkex-poller-{client.sampling_session_id}"
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
 def results_of(server: LocalServer, count: int, **client_kwargs: Any) -> List[Any]:
@@ -62,12 +64,12 @@ def test_waiting_samples_hold_no_thread(fresh_server: Callable[..., LocalServer]
         futures = [client.sample(PROMPT, 1, types.SamplingParams(max_tokens=20, seed=i)) for i in range(400)]
         peak = 0
         while not all(f.done() for f in futures):
-            peak = max(peak, len(sample_threads()))
+            peak = max(peak, len(sample_threads(client)))
             time.sleep(0.02)
         assert all(len(f.result().sequences[0].tokens) == 20 for f in futures)
-        assert len(poller_threads()) == 1
+        assert len(poller_threads(client)) == 1
     assert peak <= 64, f"{peak} worker threads for 400 waiting samples"
-    assert poller_threads() == []
+    assert poller_threads(client) == []
 
 
 def test_a_410_resubmits_with_a_new_seq_id(fresh_server: Callable[..., LocalServer]) -> None:
@@ -129,4 +131,4 @@ def test_cancel_and_close_while_waiting(fresh_server: Callable[..., LocalServer]
     service.close()
     assert time.monotonic() - started < 2.0
     assert all(f.cancelled() for f in futures)
-    wait_until(lambda: poller_threads() == [] and sample_threads() == [], timeout=5)
+    wait_until(lambda: poller_threads(client) == [] and sample_threads(client) == [], timeout=5)

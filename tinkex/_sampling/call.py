@@ -112,9 +112,12 @@ class Sampler:
                 self.last_progress = self.clock.monotonic()
                 return result
             except Final as final:
-                self.after_failure(progress, call, final.error, retryable=False)
+                error, retryable = final.error, False
             except TinkexError as exc:
-                self.after_failure(progress, call, exc, retryable=retries_whole_call(exc))
+                error, retryable = exc, retries_whole_call(exc)
+            # Outside the except blocks: raising ``error`` there would chain the Final wrapper to it as
+            # context, a cycle (the wrapper holds the error) that breaks pickling and tracebacks.
+            self.after_failure(progress, call, error, retryable=retryable)
 
     def after_failure(self, progress: Progress, call: SampleCall, error: BaseException, *, retryable: bool) -> None:
         """What follows a failed attempt: a re-created session (go on at once), the whole-call delay

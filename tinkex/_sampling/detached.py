@@ -59,14 +59,18 @@ class DetachedRun:
         """Run a step; whatever it raises ends the sample (nothing is lost in the pool's futures)."""
         try:
             step(*args)
+            return
         except Cancelled as cancelled:
             self._settle(None, cancelled)
+            return
         except Final as final:
-            self._failed(final.error, retryable=False)
+            error, retryable = final.error, False
         except TinkexError as exc:
-            self._failed(exc, retryable=retries_whole_call(exc))
+            error, retryable = exc, retries_whole_call(exc)
         except BaseException as exc:  # a bug still reaches the caller's future
             self._settle(None, exc)
+            return
+        self._failed(error, retryable=retryable)  # outside the handlers: no Final chained to the error
 
     def _attempt(self) -> None:
         sampler, state = self._sampler, self._progress.state
