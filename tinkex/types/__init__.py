@@ -18,6 +18,7 @@ from ._answers import (
     StreamChunkKind,
     TryAgainResponse,
 )
+from ._arrays import TensorDtype, TopkArrays
 from ._model_input import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput, ModelInputChunk
 from ._poller import FutureCompletion, RetrieveFuturesRequest, RetrieveFuturesResponse, SamplingSessionTarget
 from ._sampling import (
@@ -58,6 +59,8 @@ __all__ = [
     "CompleteMetadataResponse",
     "PromptAltTokens",
     "TensorData",
+    "TensorDtype",
+    "TopkArrays",
     "FutureCompletion",
     "RetrieveFuturesRequest",
     "RetrieveFuturesResponse",
