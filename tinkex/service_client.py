@@ -190,16 +190,22 @@ class ServiceClient:
         """Counters and latency percentiles summed over every SamplingClient this service created."""
         return self._telemetry
 
-    def close(self, status: str = "success", detail: Optional[str] = None) -> None:
-        """Close every sampling client, finish the session and stop all threads; idempotent."""
+    def close(self, status: str = "success", detail: Optional[str] = None) -> APIFuture[None]:
+        """Close every sampling client, finish the session and stop all threads; idempotent.
+
+        Returns when done; the returned future is already finished (the official SDK's
+        ``close(...)`` returns a future, so ``close("success").result()`` works here too).
+        """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            closed, self._closed = self._closed, True
             clients = list(self._clients)
-        for client in clients:
-            client.close()
-        self._holder.close(status, detail)
+        if not closed:
+            for client in clients:
+                client.close()
+            self._holder.close(status, detail)
+        done: APIFuture[None] = APIFuture()
+        done.set_result(None)
+        return done
 
     def __enter__(self) -> ServiceClient:
         return self
