@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 
 from ..errors import DecodeError, ValidationError
 from ..types import SampledSequence, SampleResponse, StopReason, TopkLogprobs
+from .proto_tensor import Framing, read_alt_tokens, read_tensor
 
 __all__ = ["decode_sample_response", "encode_sample_response"]
 
@@ -312,13 +313,12 @@ def decode_sample_response(data: Buffer) -> SampleResponse:
 
 def _read_extras(buf: bytes, extras: dict) -> dict:
     """Fields 5 and 6 (their bytes, merged), decoded when present."""
-    from .proto_tensor import read_alt_tokens, read_tensor  # that module reads this one's framing
-
+    framing = Framing(walk=_walk, expect=_expect, read_varint=_read_varint)
     out: Dict[str, Any] = {}
     if 5 in extras["present"]:
-        out["target_prompt_logprobs"] = read_tensor(extras[5], "target_prompt_logprobs")
+        out["target_prompt_logprobs"] = read_tensor(framing, extras[5], "target_prompt_logprobs")
     if 6 in extras["present"]:
-        out["prompt_alt_tokens"] = read_alt_tokens(extras[6])
+        out["prompt_alt_tokens"] = read_alt_tokens(framing, extras[6])
     return out
 
 
