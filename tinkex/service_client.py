@@ -106,13 +106,13 @@ class ServiceClient:
         model_path: Optional[str] = None,
         base_model: Optional[str] = None,
         retry_config: Optional[RetryConfig] = None,
+        record_stability_info: bool = False,
         *,
         sampling_session_id: Optional[str] = None,
         queue_state_observer: Any = None,
         max_workers: Optional[int] = None,
         poll_policy: Optional[PollPolicy] = None,
         timeout: Optional[float] = None,
-        record_stability_info: bool = False,
     ) -> SamplingClient:
         """Create a ready SamplingClient (blocks until its initialisation is done).
 
@@ -143,12 +143,12 @@ class ServiceClient:
         model_path: Optional[str] = None,
         base_model: Optional[str] = None,
         retry_config: Optional[RetryConfig] = None,
+        record_stability_info: bool = False,
         *,
         sampling_session_id: Optional[str] = None,
         queue_state_observer: Any = None,
         max_workers: Optional[int] = None,
         poll_policy: Optional[PollPolicy] = None,
-        record_stability_info: bool = False,
     ) -> APIFuture[SamplingClient]:
         """Like :meth:`create_sampling_client` but returns a future of the client at once.
 

@@ -201,6 +201,12 @@ def test_sample_takes_the_official_signature() -> None:
     for name in ("sample_async", "compute_logprobs_async", "get_base_model_async"):
         assert inspect.iscoroutinefunction(getattr(tinkex.SamplingClient, name)), name
     assert inspect.iscoroutinefunction(tinkex.ServiceClient.get_server_capabilities_async)
+    for method in (tinkex.ServiceClient.create_sampling_client, tinkex.ServiceClient.create_sampling_client_async):
+        assert list(inspect.signature(method).parameters)[1:5] == [
+            "model_path", "base_model", "retry_config", "record_stability_info"]
+    service = list(inspect.signature(tinkex.ServiceClient).parameters.values())
+    assert [(p.name, p.kind.name) for p in service[:2]] == [("user_metadata", "POSITIONAL_OR_KEYWORD"),
+                                                            ("project_id", "POSITIONAL_OR_KEYWORD")]
 
 
 # --- the 0.38 extras -------------------------------------------------------------------------
