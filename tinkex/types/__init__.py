@@ -59,8 +59,6 @@ __all__ = [
     "CompleteMetadataResponse",
     "PromptAltTokens",
     "TensorData",
-    "TensorDtype",
-    "TopkArrays",
     "FutureCompletion",
     "RetrieveFuturesRequest",
     "RetrieveFuturesResponse",
@@ -93,4 +91,6 @@ __all__ = [
     "ServerCapabilities",
     "SessionHeartbeatRequest",
     "SupportedModel",
+    "TensorDtype",
+    "TopkArrays",
 ]
