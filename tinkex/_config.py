@@ -167,6 +167,7 @@ class Config:
     max_retries: int = attrs.field(default=10, validator=_non_negative_int)
     tags: Tuple[str, ...] = ()
     project_id: Optional[str] = None
+    display_name: Optional[str] = None
     user_metadata: Dict[str, Any] = attrs.field(factory=dict)
     telemetry: bool = True
     log_level: Optional[str] = None

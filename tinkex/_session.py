@@ -169,7 +169,7 @@ class Holder:
     def _create_session(self) -> str:
         request = CreateSessionRequest(
             tags=list(self.config.tags), user_metadata=self._user_metadata, sdk_version=__version__,
-            project_id=self.config.project_id,
+            project_id=self.config.project_id, display_name=self.config.display_name,
         )
         answer = CreateSessionResponse.from_json(
             self.transport.request("POST", "create_session", body=request).json("create_session")

@@ -1,6 +1,7 @@
 """The tinkex exception tree.
 
-Every error tinkex raises derives from :class:`TinkexError`; ``requests`` and
+Every error tinkex raises derives from :class:`TinkexError` (also importable under the
+official SDK's name, :data:`TinkerError`: one class, two names); ``requests`` and
 ``urllib3`` exceptions never escape the public API::
 
     TinkexError
@@ -41,6 +42,8 @@ from typing import Any, Dict, Optional, Type
 
 __all__ = [
     "TinkexError",
+    "TinkerError",
+    "APIResponseValidationError",
     "APIError",
     "APIStatusError",
     "BadRequestError",
@@ -90,6 +93,11 @@ class TinkexError(Exception):
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+TinkerError = TinkexError
+"""The official SDK's name for the root: the same class, so ``except`` and ``isinstance`` work
+with either name."""
 
 
 class APIError(TinkexError):
@@ -275,6 +283,10 @@ class DecodeError(TinkexError, ValueError):
     def __init__(self, message: str, *, offset: Optional[int] = None) -> None:
         super().__init__(message)
         self.offset = offset
+
+
+APIResponseValidationError = DecodeError
+"""The official SDK's name for an answer that does not decode: tinkex's :class:`DecodeError`."""
 
 
 class ClientClosedError(TinkexError, RuntimeError):

@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, List, Mapping, Optional, Set, Tuple
 
 import attrs
 
@@ -25,8 +25,9 @@ from ._limits import estimate_bytes
 from ._policy import PollPolicy, RetryConfig
 from ._sampling.call import Sampler
 from ._sampling.detached import DetachedRun
-from ._sampling.future import Cancelled, SampleFuture
-from ._sampling.pickling import Ownership, reduce_payload, restore_sampling_client
+from ._sampling.future import APIFuture, Cancelled, SampleFuture
+from ._sampling.pickling import Ownership, decode_handle, encode_handle, reduce_payload, restore_sampling_client
+from ._sampling.request import Extras, build_request, check_answer
 from ._sampling.snapshot import SampleCall, Snapshot
 from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
 from ._sampling.submit import Submitter
@@ -35,7 +36,7 @@ from ._session import Holder
 from .errors import ClientClosedError, TinkexError, ValidationError
 from .queue_state import QueueStateLogger, QueueStateReporter
 from .telemetry import Telemetry
-from .types import ModelInput, SampleRequest, SampleResponse, SamplingParams
+from .types import ModelInput, QueueState, SampleRequest, SampleResponse, SamplingParams, TensorData
 
 if TYPE_CHECKING:
     from .tokenizers import Tokenizer
@@ -99,6 +100,7 @@ class SamplingClient:
         max_workers: Optional[int] = None,
         poll_policy: Optional[PollPolicy] = None,
         clock: Clock = SYSTEM_CLOCK,
+        record_stability_info: bool = False,
         _ownership: Optional[Ownership] = None,
     ) -> None:
         spec = TargetSpec(base_model=base_model, model_path=model_path, sampling_session_id=sampling_session_id)
@@ -115,7 +117,8 @@ class SamplingClient:
         self._lock = threading.Lock()  # guards _lifecycle and the publication of _engine
         self._pending: Set[Future[Any]] = set()
         self._pending_lock = threading.Lock()  # guards _pending, the futures close() must cancel
-        self._ready: Future[SamplingClient] = Future()
+        self._record_stability_info = record_stability_info
+        self._ready: APIFuture[SamplingClient] = APIFuture()
         self._init_thread = threading.Thread(target=self._initialise, name="tinkex-sampling-init", daemon=True)
         self._init_thread.start()
         _lifecycle.register(self)
@@ -168,14 +171,41 @@ class SamplingClient:
         return max(1, min(self._max_workers or limit, limit, state.retry_config.max_connections or limit))
 
     @classmethod
-    def create_async(cls, service: Any, **kwargs: Any) -> Future[SamplingClient]:
-        """Start creating a client on ``service``; returns a future of the ready client."""
-        future: Future[SamplingClient] = service.create_sampling_client_async(**kwargs)
+    def create_async(cls, service: Any, **kwargs: Any) -> APIFuture[SamplingClient]:
+        """Start creating a client on ``service``; returns an (awaitable) future of the ready client."""
+        future: APIFuture[SamplingClient] = service.create_sampling_client_async(**kwargs)
+        return future
+
+    @staticmethod
+    def create(service: Any, *, model_path: Optional[str] = None, base_model: Optional[str] = None,
+               sampling_session_id: Optional[str] = None, retry_config: Optional[RetryConfig] = None,
+               record_stability_info: bool = False) -> APIFuture[SamplingClient]:
+        """The official ``SamplingClient.create``, given a :class:`ServiceClient` (tinkex has no
+        public holder): an awaitable future of the ready client."""
+        future: APIFuture[SamplingClient] = service.create_sampling_client_async(
+            model_path, base_model, retry_config, sampling_session_id=sampling_session_id,
+            record_stability_info=record_stability_info)
         return future
 
     def wait_ready(self, timeout: Optional[float] = None) -> SamplingClient:
         """Block until initialisation finished; re-raises its error."""
         return self._ready.result(timeout)
+
+    # The official create_sampling_client returns a future of the client; tinkex returns the
+    # client, which is its own future, so ``create_sampling_client(...).result()`` and ``await
+    # service.create_sampling_client(...)`` work as they do there.
+
+    def result(self, timeout: Optional[float] = None) -> SamplingClient:
+        """This client once ready (as ``wait_ready``): official scripts call ``.result()`` on what
+        ``create_sampling_client`` returns."""
+        return self.wait_ready(timeout)
+
+    async def result_async(self, timeout: Optional[float] = None) -> SamplingClient:
+        """This client once ready, awaited in the running event loop."""
+        return await self._ready.result_async(timeout)
+
+    def __await__(self) -> Generator[Any, None, SamplingClient]:
+        return self._ready.__await__()
 
     def _running(self) -> Tuple[_Engine, Snapshot]:
         """The engine and the current snapshot, waiting for initialisation if it is still running.
@@ -210,50 +240,103 @@ class SamplingClient:
     def sample(
         self,
         prompt: ModelInput,
-        num_samples: int = 1,
-        sampling_params: Optional[SamplingParams] = None,
+        num_samples: int,
+        sampling_params: SamplingParams,
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: Optional[TensorData] = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: Optional[int] = None,
         *,
         timeout: Optional[float] = None,
-    ) -> Future[SampleResponse]:
-        """Sample ``num_samples`` sequences continuing ``prompt``.
+    ) -> SampleFuture[SampleResponse]:
+        """Sample ``num_samples`` sequences continuing ``prompt`` (the official SDK's signature).
 
         Args:
             prompt: the prompt tokens.
             num_samples: sequences to generate.
-            sampling_params: how to sample (required).
+            sampling_params: how to sample.
             include_prompt_logprobs: also score the prompt.
             topk_prompt_logprobs: top-k alternatives per prompt position.
+            topk_sample_logprobs: top-k alternatives per generated token
+                (``SampledSequence.topk_logprobs``).
+            target_prompt_logprobs: an int64 ``TensorData`` ``[len(prompt) - 1, K]`` of token ids
+                to score at each prompt position after the first (-1: none); the answer's
+                ``target_prompt_logprobs`` has the same shape and layout.
+            prompt_alt_tokens_k: draw this many tokens at every prompt position after the first
+                (``SampleResponse.prompt_alt_tokens``).
+            prompt_logprobs_last_n: score only the last N prompt tokens (needs
+                ``include_prompt_logprobs``).
             timeout: a deadline in seconds for the whole call, polling included.
 
         Returns:
-            A future of the :class:`SampleResponse`.
+            A future of the :class:`SampleResponse`: ``.result()`` blocks, ``await`` waits in the
+            running event loop.
 
         Raises:
             ValidationError: bad arguments (raised here, before anything is sent).
             ClientClosedError: the client is closed.
         """
-        if sampling_params is None:
-            raise ValidationError("sampling_params is required", field="sampling_params", value=None)
-        request = _request(prompt, sampling_params, num_samples, include_prompt_logprobs, topk_prompt_logprobs)
-        return self._submit(request, prompt, timeout, "SamplingClient.sample", None)
+        extras = Extras(include_prompt_logprobs, topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs,
+                        prompt_alt_tokens_k, prompt_logprobs_last_n, self._record_stability_info)
+        request = _request(prompt, sampling_params, num_samples, extras)
+        future: SampleFuture[SampleResponse] = self._submit(
+            request, prompt, timeout, "SamplingClient.sample", _checker(request))
+        return future
+
+    async def sample_async(
+        self,
+        prompt: ModelInput,
+        num_samples: int,
+        sampling_params: SamplingParams,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: Optional[TensorData] = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: Optional[int] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> SampleResponse:
+        """:meth:`sample`, awaited: a coroutine (``asyncio.gather``/``create_task`` take it) that
+        submits to the pool and waits in the caller's event loop."""
+        return await self.sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs,
+                                 topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k,
+                                 prompt_logprobs_last_n, timeout=timeout)
 
     def compute_logprobs(
-        self, prompt: ModelInput, *, topk_prompt_logprobs: int = 0, timeout: Optional[float] = None
-    ) -> Future[List[Optional[float]]]:
-        """Score ``prompt``: a future of one logprob per token (the first is None)."""
-        request = _request(prompt, _LOGPROB_PARAMS, 1, True, topk_prompt_logprobs)
-        return self._submit(
-            request, prompt, timeout, "SamplingClient.compute_logprobs", lambda r: r.prompt_logprobs or []
-        )
+        self, prompt: ModelInput, prompt_logprobs_last_n: Optional[int] = None, *, topk_prompt_logprobs: int = 0,
+        timeout: Optional[float] = None,
+    ) -> SampleFuture[List[Optional[float]]]:
+        """Score ``prompt``: a future of one logprob per token (the first is None).
+
+        Args:
+            prompt: the tokens to score.
+            prompt_logprobs_last_n: score only the last N tokens (earlier entries are None).
+            topk_prompt_logprobs: also compute top-k alternatives (not returned; kept for callers).
+            timeout: a deadline in seconds for the whole call.
+        """
+        extras = Extras(include_prompt_logprobs=True, topk_prompt_logprobs=topk_prompt_logprobs,
+                        prompt_logprobs_last_n=prompt_logprobs_last_n)
+        request = _request(prompt, _LOGPROB_PARAMS, 1, extras)
+        check = _checker(request)
+        future: SampleFuture[List[Optional[float]]] = self._submit(
+            request, prompt, timeout, "SamplingClient.compute_logprobs", lambda r: check(r).prompt_logprobs or [])
+        return future
+
+    async def compute_logprobs_async(
+        self, prompt: ModelInput, prompt_logprobs_last_n: Optional[int] = None, *, timeout: Optional[float] = None
+    ) -> List[Optional[float]]:
+        """:meth:`compute_logprobs`, awaited (a coroutine)."""
+        return await self.compute_logprobs(prompt, prompt_logprobs_last_n, timeout=timeout)
 
     def _submit(self, request: SampleRequest, prompt: ModelInput, timeout: Optional[float], method: str,
                 finish: Optional[Callable[[SampleResponse], Any]]) -> Any:
         engine, state = self._running()
         call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
                           deadline=_deadline(timeout, self._clock), sdk_method=method)
-        future = SampleFuture(call.cancel, on_cancel=call.cancel_now)
+        future: SampleFuture[Any] = SampleFuture(call.cancel, on_cancel=call.cancel_now)
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
@@ -268,7 +351,7 @@ class SamplingClient:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _run(self, engine: _Engine, future: SampleFuture, call: SampleCall,
+    def _run(self, engine: _Engine, future: SampleFuture[Any], call: SampleCall,
              finish: Optional[Callable[[SampleResponse], Any]], state: Snapshot) -> None:
         if not future.set_running_or_notify_cancel():
             return
@@ -324,7 +407,7 @@ class SamplingClient:
                 APITimeoutError at the deadline or after ``idle_timeout`` of silence.
             RequestFailedError: raised while iterating for an ``error`` event.
         """
-        request = _request(prompt, sampling_params, num_samples, False, 0)
+        request = _request(prompt, sampling_params, num_samples, Extras())
         engine, state = self._running()
         call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
                           deadline=_deadline(timeout, self._clock), sdk_method=SDK_METHOD)
@@ -365,6 +448,20 @@ class SamplingClient:
 
     def get_base_model(self) -> Optional[str]:
         return self._snapshot().base_model
+
+    async def get_base_model_async(self) -> Optional[str]:
+        """:meth:`get_base_model` as a coroutine (the answer is known locally; nothing is sent)."""
+        return self._snapshot().base_model
+
+    def on_queue_state_change(self, queue_state: QueueState, queue_state_reason: Optional[str] = None) -> None:
+        """The official observer hook: log a pause (at most once a minute per sampling session).
+
+        tinkex reports queue states to ``queue_state_observer`` (by default a
+        :class:`QueueStateLogger`); this method feeds the same logger.
+        """
+        metadata: Mapping[str, Any] = {"sampling_session_id": self.sampling_session_id,
+                                       "queue_state_reason": queue_state_reason}
+        self._default_logger.on_queue_state_change(queue_state, metadata)
 
     def get_telemetry(self) -> Telemetry:
         """The client's counters and latency percentiles."""
@@ -428,19 +525,33 @@ class SamplingClient:
                                  pickle_api_key=client._ownership.pickle_api_key)
         return (restore_sampling_client, (type(self), payload))
 
+    def get_sampler_handle(self) -> str:
+        """A string naming this client's sampler, without credentials: the pickle-free way to hand
+        it to another process (:meth:`from_sampler_handle` builds a client there)."""
+        client = self.wait_ready()
+        payload = reduce_payload(client._holder, client._snapshot(), max_workers=client._max_workers,
+                                 pickle_api_key=False)
+        return encode_handle(payload)
 
-def _request(prompt: Any, params: Any, num_samples: Any, logprobs: Any, topk: Any) -> SampleRequest:
-    if not isinstance(prompt, ModelInput):
-        raise ValidationError(f"prompt must be a ModelInput, got {type(prompt).__name__}", field="prompt",
-                              value=type(prompt).__name__)
-    if not isinstance(params, SamplingParams):
-        raise ValidationError(f"sampling_params must be SamplingParams, got {type(params).__name__}",
-                              field="sampling_params", value=params)
-    if not isinstance(logprobs, bool):
-        raise ValidationError(f"include_prompt_logprobs must be a bool, got {logprobs!r}",
-                              field="include_prompt_logprobs", value=logprobs)
-    return SampleRequest(prompt=prompt, sampling_params=params, num_samples=num_samples,
-                         prompt_logprobs=logprobs, topk_prompt_logprobs=topk)
+    @classmethod
+    def from_sampler_handle(cls, handle: str, *, api_key: Optional[str] = None) -> SamplingClient:
+        """A ready client for the sampler behind ``handle`` (from :meth:`get_sampler_handle`),
+        authenticated with ``api_key`` or ``TINKER_API_KEY``; one client per sampler per process.
+
+        Raises:
+            ValidationError: ``handle`` is not a sampler handle.
+        """
+        client: SamplingClient = restore_sampling_client(cls, {**decode_handle(handle), "api_key": api_key})
+        return client
+
+
+def _request(prompt: Any, params: Any, num_samples: Any, extras: Extras) -> SampleRequest:
+    return build_request(prompt, params, num_samples, extras)
+
+
+def _checker(request: SampleRequest) -> Callable[[SampleResponse], SampleResponse]:
+    """The finishing step of a call with extras: fail when the server ignored one of them."""
+    return lambda response: check_answer(response, request)
 
 
 def _body(request: SampleRequest) -> dict:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from concurrent.futures import Future
+import warnings
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Mapping, Optional
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config
 from ._logging import apply_log_level
 from ._policy import PollPolicy, RetryConfig
+from ._sampling.future import APIFuture
 from ._sampling.pickling import Ownership
 from ._session import HEARTBEAT_INTERVAL, Holder
-from .errors import APITimeoutError, ClientClosedError
+from .errors import APITimeoutError, ClientClosedError, ValidationError
 from .sampling_client import SamplingClient
+from .telemetry import Telemetry
 from .types import ServerCapabilities
 
 __all__ = ["ServiceClient"]
@@ -30,15 +33,22 @@ class ServiceClient:
     handshake. ``close()`` (or leaving a ``with`` block) finishes the session, closes every
     sampling client it created and stops its threads.
 
+    The first two positional parameters are the official SDK's, ``(user_metadata, project_id)``;
+    everything else is a keyword. Keywords neither SDK knows are ignored with a
+    ``FutureWarning``, as the official SDK does.
+
     Thread-safety: safe to share between threads.
 
     Args:
-        api_key: the API key (else ``TINKER_API_KEY``); checked before any traffic.
+        user_metadata: sent with create_session.
+        project_id: sent with create_session (else ``TINKER_PROJECT_ID``).
+        display_name: a human-readable session name, sent with create_session.
         base_url: the service URL (else ``TINKER_BASE_URL``, else the official one).
+        api_key: the API key (else ``TINKER_API_KEY``); checked before any traffic.
+        default_headers_overrides: headers on every request (the official name; merged over
+            ``default_headers``).
         timeout: read timeout in seconds for ordinary calls (60).
         max_retries: HTTP-layer retries for calls that allow them (10).
-        project_id: sent with create_session (else ``TINKER_PROJECT_ID``).
-        user_metadata: sent with create_session.
         verify: TLS verification (True, False or a CA bundle path); False warns once.
         default_headers: extra headers on every request.
         pickle_api_key: let pickled SamplingClients carry the key to other processes.
@@ -46,30 +56,36 @@ class ServiceClient:
             abandoned as a broken connection after that many bytes.
 
     Example:
-        >>> with tinkex.ServiceClient() as service:  # doctest: +SKIP
+        >>> with tinkex.ServiceClient({"experiment": "x"}, api_key="tml-...") as service:  # doctest: +SKIP
         ...     client = service.create_sampling_client(base_model="tinkex/ngram-small")
     """
 
     def __init__(
         self,
-        api_key: Optional[str] = None,
-        base_url: Optional[str] = None,
+        user_metadata: Optional[Mapping[str, Any]] = None,
+        project_id: Optional[str] = None,
         *,
+        display_name: Optional[str] = None,
+        base_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        default_headers_overrides: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None,
         max_retries: Optional[int] = None,
-        project_id: Optional[str] = None,
-        user_metadata: Optional[Dict[str, Any]] = None,
         verify: Any = None,
-        default_headers: Optional[Dict[str, str]] = None,
+        default_headers: Optional[Mapping[str, str]] = None,
         pickle_api_key: bool = False,
         max_response_bytes: Optional[int] = None,
         clock: Clock = SYSTEM_CLOCK,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
+        **kwargs: Any,
     ) -> None:
+        _warn_unsupported(kwargs)
+        _check_positional(user_metadata, project_id, display_name)
+        headers = {**(default_headers or {}), **(default_headers_overrides or {})}
         self.config = Config.from_env(
             api_key, base_url, timeout=timeout, max_retries=max_retries, project_id=project_id,
-            user_metadata=user_metadata, verify=verify, default_headers=default_headers,
-            max_response_bytes=max_response_bytes,
+            user_metadata=dict(user_metadata) if user_metadata is not None else None, verify=verify,
+            default_headers=headers or None, max_response_bytes=max_response_bytes, display_name=display_name,
         )
         apply_log_level(self.config.log_level)
         self._holder = Holder(self.config, clock=clock, heartbeat_interval=heartbeat_interval)
@@ -77,7 +93,7 @@ class ServiceClient:
         self._pickle_api_key = pickle_api_key
         self._clients: List[SamplingClient] = []
         self._lock = threading.Lock()  # guards _clients and _closed
-
+        self._telemetry = Telemetry()
         self._closed = False
 
     @property
@@ -90,6 +106,7 @@ class ServiceClient:
         model_path: Optional[str] = None,
         base_model: Optional[str] = None,
         retry_config: Optional[RetryConfig] = None,
+        record_stability_info: bool = False,
         *,
         sampling_session_id: Optional[str] = None,
         queue_state_observer: Any = None,
@@ -99,12 +116,16 @@ class ServiceClient:
     ) -> SamplingClient:
         """Create a ready SamplingClient (blocks until its initialisation is done).
 
+        The client is also its own future (``.result()`` and ``await`` give it back), so
+        official-SDK code that treats the return value as a future of the client works.
+
         Raises:
             APITimeoutError: initialisation took longer than ``timeout`` seconds (it is stopped).
         """
         future = self.create_sampling_client_async(
             model_path, base_model, retry_config, sampling_session_id=sampling_session_id,
             queue_state_observer=queue_state_observer, max_workers=max_workers, poll_policy=poll_policy,
+            record_stability_info=record_stability_info,
         )
         try:
             return future.result(timeout)
@@ -122,13 +143,18 @@ class ServiceClient:
         model_path: Optional[str] = None,
         base_model: Optional[str] = None,
         retry_config: Optional[RetryConfig] = None,
+        record_stability_info: bool = False,
         *,
         sampling_session_id: Optional[str] = None,
         queue_state_observer: Any = None,
         max_workers: Optional[int] = None,
         poll_policy: Optional[PollPolicy] = None,
-    ) -> Future[SamplingClient]:
-        """Like :meth:`create_sampling_client` but returns a future of the client at once."""
+    ) -> APIFuture[SamplingClient]:
+        """Like :meth:`create_sampling_client` but returns a future of the client at once.
+
+        The future is a ``concurrent.futures.Future`` that can also be awaited: ``await
+        service.create_sampling_client_async(...)`` gives the ready client.
+        """
         with self._lock:
             if self._closed:
                 raise ClientClosedError("this ServiceClient is closed")
@@ -136,12 +162,17 @@ class ServiceClient:
                 self._holder, base_model=base_model, model_path=model_path,
                 sampling_session_id=sampling_session_id, retry_config=retry_config,
                 queue_state_observer=queue_state_observer, max_workers=max_workers, poll_policy=poll_policy,
-                clock=self._clock, _ownership=Ownership(pickle_api_key=self._pickle_api_key),
+                clock=self._clock, record_stability_info=record_stability_info,
+                _ownership=Ownership(pickle_api_key=self._pickle_api_key),
             )
+            client.get_telemetry().add_listener(self._count)
             self._clients.append(client)
         return client._ready
 
-    def _client_of(self, future: Future[SamplingClient]) -> Optional[SamplingClient]:
+    def _count(self, event: str, fields: Mapping[str, Any]) -> None:
+        self._telemetry.record(event, **fields)
+
+    def _client_of(self, future: APIFuture[SamplingClient]) -> Optional[SamplingClient]:
         with self._lock:
             return next((client for client in self._clients if client._ready is future), None)
 
@@ -150,16 +181,31 @@ class ServiceClient:
         answer = self._holder.transport.request("GET", "get_server_capabilities")
         return ServerCapabilities.from_json(answer.json("get_server_capabilities"))
 
-    def close(self, status: str = "success", detail: Optional[str] = None) -> None:
-        """Close every sampling client, finish the session and stop all threads; idempotent."""
+    async def get_server_capabilities_async(self) -> ServerCapabilities:
+        """:meth:`get_server_capabilities` as a coroutine: the blocking call runs in the running
+        loop's default executor, so the loop is not blocked."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.get_server_capabilities)
+
+    def get_telemetry(self) -> Telemetry:
+        """Counters and latency percentiles summed over every SamplingClient this service created."""
+        return self._telemetry
+
+    def close(self, status: str = "success", detail: Optional[str] = None) -> APIFuture[None]:
+        """Close every sampling client, finish the session and stop all threads; idempotent.
+
+        Returns when done; the returned future is already finished (the official SDK's
+        ``close(...)`` returns a future, so ``close("success").result()`` works here too).
+        """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            closed, self._closed = self._closed, True
             clients = list(self._clients)
-        for client in clients:
-            client.close()
-        self._holder.close(status, detail)
+        if not closed:
+            for client in clients:
+                client.close()
+            self._holder.close(status, detail)
+        done: APIFuture[None] = APIFuture()
+        done.set_result(None)
+        return done
 
     def __enter__(self) -> ServiceClient:
         return self
@@ -174,3 +220,24 @@ class ServiceClient:
 
     def __repr__(self) -> str:
         return f"<ServiceClient {self.config.base_url}>"
+
+
+def _warn_unsupported(kwargs: Mapping[str, Any]) -> None:
+    if kwargs:
+        warnings.warn(f"ServiceClient ignores unsupported arguments: {', '.join(sorted(kwargs))}", FutureWarning,
+                      stacklevel=3)
+
+
+def _check_positional(user_metadata: Any, project_id: Any, display_name: Any) -> None:
+    """Reject the pre-0.2 positional form ``ServiceClient(api_key, base_url)`` with a clear error
+    (the first two positional parameters are now the official SDK's); the value is never shown,
+    as it may be an API key."""
+    if user_metadata is not None and not isinstance(user_metadata, Mapping):
+        raise ValidationError(
+            f"user_metadata must be a dict, got {type(user_metadata).__name__}: ServiceClient's positional "
+            "parameters are (user_metadata, project_id) as in the official SDK; pass api_key= and base_url= "
+            "as keywords", field="user_metadata", value=type(user_metadata).__name__)
+    for name, value in (("project_id", project_id), ("display_name", display_name)):
+        if value is not None and not isinstance(value, str):
+            raise ValidationError(f"{name} must be a str, got {type(value).__name__}", field=name,
+                                  value=type(value).__name__)

@@ -169,6 +169,13 @@ class Telemetry:
         with self._lock:
             self._listeners = tuple(listener for listener in self._listeners if listener != fn)
 
+    def __repr__(self) -> str:
+        snap = self.snapshot()
+        p50 = "-" if snap.latency_p50 is None else f"{snap.latency_p50:.3g}s"
+        return (f"<Telemetry submissions={snap.submissions} completed={snap.completed} "
+                f"failed={sum(snap.failures_by_category.values())} cancelled={snap.cancelled} "
+                f"retries={sum(snap.retries_by_cause.values())} p50={p50}>")
+
 
 # --- the session reporter -------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from tests.strategies import (
 from tinkex._wire import proto as _proto
 from tinkex._wire.proto import decode_sample_response, encode_sample_response
 from tinkex.errors import DecodeError, ValidationError
-from tinkex.types import SampledSequence, SampleResponse, StopReason
+from tinkex.types import PromptAltTokens, SampledSequence, SampleResponse, StopReason, TensorData
 
 PAD = (0, -99999.0)
 NAN_BYTES = bytes.fromhex("0000c07f")
@@ -237,12 +237,46 @@ def test_unknown_fields_of_every_skippable_wire_type_are_skipped() -> None:
     seq = b"\x08\x01" + UNKNOWN_FIELDS + b"\x12\x04" + struct.pack("<i", 9)
     topk = _topk_message([[(5, -1.0)]], 1)
     topk = b"\x1a" + bytes([topk[1] + len(UNKNOWN_FIELDS)]) + UNKNOWN_FIELDS + topk[2:]
-    tensor = b"\x2a\x06\x0a\x04" + NAN_BYTES + b"\x32\x02\x0a\x00"  # fields 5 and 6: skipped
+    tensor = b"\x2a\x0a\x0a\x04" + struct.pack("<f", -0.5) + b"\x18\x01" + UNKNOWN_FIELDS[:2]  # field 5
     data = UNKNOWN_FIELDS + b"\x0a" + bytes([len(seq)]) + seq + topk + tensor + UNKNOWN_FIELDS
     assert decode_sample_response(data) == SampleResponse(
         sequences=[SampledSequence(tokens=[9], stop_reason=StopReason.LENGTH)],
         topk_prompt_logprobs=[[(5, -1.0)]],
+        target_prompt_logprobs=TensorData(data=[-0.5], dtype="float32", shape=[1]),
     )
+
+
+def _tensor(payload: bytes, dtype: int, shape: bytes) -> bytes:
+    return b"\x0a" + bytes([len(payload)]) + payload + b"\x18" + bytes([dtype]) + b"\x22" + bytes([len(shape)]) + shape
+
+
+def test_the_0_38_tensor_fields_decode_dense_sparse_and_alt_tokens() -> None:
+    """Fields 5 (target_prompt_logprobs) and 6 (prompt_alt_tokens) as the official SDK reads them:
+    dense and CSR tensors, int32 widened to int64, shapes as packed varints."""
+    dense = _tensor(struct.pack("<2f", -0.25, -2.0), 1, b"\x01\x02")
+    csr_body = (b"\x0a\x04" + struct.pack("<f", -1.5) + b"\x12\x18" + struct.pack("<3q", 0, 1, 1)
+                + b"\x1a\x08" + struct.pack("<q", 1))
+    sparse = b"\x12" + bytes([len(csr_body)]) + csr_body + b"\x18\x01\x22\x02\x02\x02"
+    alt = (b"\x0a" + bytes([len(t := _tensor(struct.pack("<2i", 7, 8), 3, b"\x01\x02"))]) + t
+           + b"\x12" + bytes([len(lp := _tensor(struct.pack("<2f", -0.5, -1.0), 1, b"\x01\x02"))]) + lp)
+    for target, expected in [
+        (dense, TensorData(data=[-0.25, -2.0], dtype="float32", shape=[1, 2])),
+        (sparse, TensorData(data=[-1.5], dtype="float32", shape=[2, 2], sparse_crow_indices=[0, 1, 1],
+                            sparse_col_indices=[1])),
+    ]:
+        data = b"\x2a" + bytes([len(target)]) + target + b"\x32" + bytes([len(alt)]) + alt
+        response = decode_sample_response(data)
+        assert response.target_prompt_logprobs == expected
+        assert response.prompt_alt_tokens == PromptAltTokens(
+            tokens=TensorData(data=[7, 8], dtype="int64", shape=[1, 2]),
+            logprobs=TensorData(data=[-0.5, -1.0], dtype="float32", shape=[1, 2]))
+    assert decode_sample_response(b"\x2a" + bytes([len(sparse)]) + sparse).target_prompt_logprobs.rows() == [
+        [0, -1.5], [0, 0]]
+
+
+def test_a_tensor_of_an_unknown_dtype_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="unsupported tensor dtype 9"):
+        decode_sample_response(b"\x2a\x02\x18\x09")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +393,47 @@ def _expected_topk(message: Any, present: bool) -> Optional[list]:
     return rows
 
 
+_TENSOR_CODES = {1: ("float32", "f"), 2: ("int64", "q"), 3: ("int64", "i"), 4: ("float32", "H")}
+
+
+def _tensor_words(data: bytes, code: str) -> list:
+    size = struct.calcsize(code)
+    if len(data) % size:
+        raise Invalid("tensor bytes")
+    values = list(struct.unpack(f"<{len(data) // size}{code}", data))
+    if code == "H":
+        return [struct.unpack("<f", struct.pack("<I", v << 16))[0] for v in values]
+    return values
+
+
+def _expected_tensor(tensor: Any) -> TensorData:
+    """Protocol 6.1's Tensor as tinkex holds it (INT32 widened to int64, BFLOAT16 to float32)."""
+    if tensor.dtype not in _TENSOR_CODES:
+        raise Invalid("tensor dtype")
+    name, code = _TENSOR_CODES[tensor.dtype]
+    shape = list(tensor.shape)
+    if tensor.WhichOneof("data") == "sparse_csr":
+        csr = tensor.sparse_csr
+        return TensorData(data=_tensor_words(csr.values, code), dtype=name, shape=shape,
+                          sparse_crow_indices=_tensor_words(csr.crow_indices, "q"),
+                          sparse_col_indices=_tensor_words(csr.col_indices, "q"))
+    data = _tensor_words(tensor.dense, code)
+    return TensorData(data=data, dtype=name, shape=shape or [len(data)])
+
+
+def _expected_extras(message: Any) -> dict:
+    out: dict = {}
+    if message.HasField("target_prompt_logprobs"):
+        out["target_prompt_logprobs"] = _expected_tensor(message.target_prompt_logprobs)
+    if message.HasField("prompt_alt_tokens"):
+        alt = message.prompt_alt_tokens
+        if not (alt.HasField("tokens") and alt.HasField("logprobs")):
+            raise Invalid("prompt_alt_tokens parts")
+        out["prompt_alt_tokens"] = PromptAltTokens(tokens=_expected_tensor(alt.tokens),
+                                                   logprobs=_expected_tensor(alt.logprobs))
+    return out
+
+
 def _expected(message: Any) -> SampleResponse:
     sequences = []
     for seq in message.sequences:
@@ -378,6 +453,7 @@ def _expected(message: Any) -> SampleResponse:
         prompt_logprobs=prompt or None,
         topk_prompt_logprobs=_expected_topk(message.topk_prompt_logprobs, message.HasField("topk_prompt_logprobs")),
         prompt_cache_hit_tokens=message.prompt_cache_hit_tokens,
+        **_expected_extras(message),
     )
 
 
@@ -429,6 +505,18 @@ def _same(decoded: SampleResponse, expected: SampleResponse) -> None:
     assert decoded.prompt_logprobs == expected.prompt_logprobs
     assert decoded.topk_prompt_logprobs == expected.topk_prompt_logprobs
     assert decoded.prompt_cache_hit_tokens == expected.prompt_cache_hit_tokens
+    assert _tensor_bits(decoded.target_prompt_logprobs) == _tensor_bits(expected.target_prompt_logprobs)
+    alts = [(_tensor_bits(r.prompt_alt_tokens.tokens), _tensor_bits(r.prompt_alt_tokens.logprobs))
+            if r.prompt_alt_tokens is not None else None for r in (decoded, expected)]
+    assert alts[0] == alts[1]
+
+
+def _tensor_bits(tensor: Optional[TensorData]) -> Any:
+    """A tensor with its numbers as bit patterns, so NaN cells compare equal."""
+    if tensor is None:
+        return None
+    return (tensor.dtype, tensor.shape, tensor.sparse_crow_indices, tensor.sparse_col_indices,
+            [struct.pack("<d", value) for value in tensor.data])
 
 
 @property_settings(1000)
@@ -467,7 +555,9 @@ def _has_mistyped_or_group_fields(message: Any) -> bool:
     if any(field.field_number <= 6 or field.wire_type in (3, 4) for field in UnknownFieldSet(message)):
         return True
     topk = [message.topk_prompt_logprobs] + [seq.topk_sampled_logprobs for seq in message.sequences]
-    nested = list(message.sequences) + topk
+    alt = message.prompt_alt_tokens
+    tensors = [message.target_prompt_logprobs, alt.tokens, alt.logprobs]
+    nested = list(message.sequences) + topk + [alt] + tensors + [tensor.sparse_csr for tensor in tensors]
     return any(field.field_number <= 4 or field.wire_type in (3, 4) for m in nested for field in UnknownFieldSet(m))
 
 

@@ -1,13 +1,22 @@
-"""The cancellable sample future, and the internal signal that unwinds a cancelled worker."""
+"""The awaitable futures tinkex returns, the cancellable sample future, and the internal signal
+that unwinds a cancelled worker.
+
+The futures are ``concurrent.futures.Future`` objects completed by the client's thread pool;
+``await`` bridges one into the awaiting coroutine's own loop with ``asyncio.wrap_future``, so
+tinkex never starts an event loop or a loop thread of its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Generator, Optional, TypeVar
 
-__all__ = ["Cancelled", "Final", "SampleFuture"]
+__all__ = ["APIFuture", "Cancelled", "Final", "SampleFuture"]
+
+T = TypeVar("T")
 
 
 class Cancelled(Exception):
@@ -29,8 +38,48 @@ class Final(Exception):
         self.error = error
 
 
-class SampleFuture(Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` also stops a running sample.
+class APIFuture(Future[T]):
+    """A ``concurrent.futures.Future`` that can also be awaited (the official SDK's ``APIFuture``).
+
+    ``result(timeout)`` blocks the calling thread; ``await future`` and ``await
+    future.result_async(timeout)`` wait in the awaiting coroutine's loop instead. Cancelling the
+    awaiting task cancels the future (and its call), as ``asyncio.wrap_future`` does; a
+    ``result_async(timeout)`` that times out cancels nothing, like ``result(timeout)``.
+
+    Thread-safety: like any Future, safe to use from any thread and any event loop.
+
+    Example:
+        >>> import asyncio
+        >>> fut: APIFuture[int] = APIFuture()
+        >>> fut.set_result(7)
+        >>> asyncio.run(fut.result_async()), fut.result(), fut.future() is fut
+        (7, 7, True)
+    """
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+    async def result_async(self, timeout: Optional[float] = None) -> T:
+        """Wait for the result in the running event loop; ``TimeoutError`` after ``timeout`` s."""
+        wrapped = asyncio.wrap_future(self)
+        if timeout is None:
+            return await wrapped
+        done, _ = await asyncio.wait({wrapped}, timeout=timeout)  # wait() never cancels on timeout
+        if not done:
+            raise TimeoutError(f"no result within {timeout} s")
+        return wrapped.result()
+
+    def future(self) -> Future[T]:
+        """The ``concurrent.futures.Future`` of this call: the object itself."""
+        return self
+
+    async def coroutine(self) -> T:
+        """This future as a coroutine, for ``asyncio.create_task`` and ``asyncio.run``."""
+        return await self
+
+
+class SampleFuture(APIFuture[T]):
+    """An awaitable ``concurrent.futures.Future`` whose ``cancel()`` also stops a running sample.
 
     Cancelling a running sample stops its polling (and, where the server enables it,
     sends ``cancel_future``); ``result(timeout)`` that times out cancels nothing.
@@ -38,7 +87,7 @@ class SampleFuture(Future):
     Thread-safety: like any Future, safe to use from any thread.
 
     Example:
-        >>> fut = SampleFuture()
+        >>> fut: SampleFuture[int] = SampleFuture()
         >>> fut.cancel(), fut.cancelled()
         (True, True)
     """

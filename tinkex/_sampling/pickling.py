@@ -13,6 +13,9 @@ the client: the client depends on it, not the other way round.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -21,10 +24,11 @@ import attrs
 from .._config import Config
 from .._policy import PollPolicy, RetryConfig
 from .._session import Holder, SessionInfo
+from ..errors import ValidationError
 from ..types import ClientConfig, DynamicConfig
 from .snapshot import Snapshot
 
-__all__ = ["reduce_payload", "restore_sampling_client"]
+__all__ = ["reduce_payload", "restore_sampling_client", "encode_handle", "decode_handle"]
 
 _CONFIG_FIELDS = ("timeout", "connect_timeout", "max_retries", "tags", "project_id", "telemetry", "verify",
                   "default_headers", "max_response_bytes")
@@ -51,6 +55,25 @@ def reduce_payload(holder: Holder, state: Snapshot, *, max_workers: Optional[int
         "max_workers": max_workers,
         "pickle_api_key": pickle_api_key,
     }
+
+
+def encode_handle(payload: Dict[str, Any]) -> str:
+    """A sampler handle: the payload without the key, as URL-safe base64 of compact JSON."""
+    text = json.dumps({**payload, "api_key": None}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode("ascii")
+
+
+def decode_handle(handle: Any) -> Dict[str, Any]:
+    """The payload of a handle from :func:`encode_handle`; ``ValidationError`` when it is not one."""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(handle))
+        if not isinstance(payload, dict) or not isinstance(payload.get("sampling_session_id"), str):
+            raise ValueError("no sampling_session_id")
+    except (TypeError, ValueError, binascii.Error):
+        raise ValidationError("handle is not a sampler handle from get_sampler_handle()", field="handle",
+                              value=str(handle)[:40]) from None
+    payload["config"]["tags"] = tuple(payload["config"].get("tags") or ())
+    return payload
 
 
 def restore_sampling_client(cls: Callable[..., Any], payload: Dict[str, Any]) -> Any:

@@ -87,6 +87,9 @@ class ByteTokenizer:
     bos_token_id = BOS_ID
     eos_token_id = EOS_ID
 
+    def __repr__(self) -> str:
+        return f"<ByteTokenizer {self.name!r} vocab={self.vocab_size}>"
+
     def encode(self, text: str, *, add_bos: bool = False) -> List[int]:
         """The UTF-8 bytes of ``text`` as ids, after BOS when ``add_bos``.
 

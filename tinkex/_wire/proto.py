@@ -9,7 +9,7 @@ a top-k cell ``(0, -99999.0)`` is padding: a row starting with one is None and t
 trimmed; empty or absent arrays and a top-k table with ``k`` or ``length`` 0 decode to None;
 unknown fields (wire types 0, 1, 2 and 5) are skipped. ``SampledSequence.topk_sampled_logprobs``
 (field 4) becomes ``SampledSequence.topk_logprobs``. ``target_prompt_logprobs`` (field 5) and
-``prompt_alt_tokens`` (field 6) are checked for framing and skipped: no tinkex value holds them.
+``prompt_alt_tokens`` (field 6) are Tensors, decoded by :mod:`tinkex._wire.proto_tensor`.
 
 Anything truncated or malformed raises :class:`tinkex.errors.DecodeError` whose ``offset`` is the
 byte offset of the fault; a wrong wire type for a known field, a varint longer than 10 bytes,
@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import sys
 from array import array
-from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..errors import DecodeError, ValidationError
 from ..types import SampledSequence, SampleResponse, StopReason, TopkLogprobs
+from .proto_tensor import Framing, read_alt_tokens, read_tensor
 
 __all__ = ["decode_sample_response", "encode_sample_response"]
 
@@ -283,6 +284,7 @@ def decode_sample_response(data: Buffer) -> SampleResponse:
     prompt_logprobs: Optional[_Span] = None
     topk: Optional[_TopkParts] = None
     cache_hits = 0
+    extras: dict = {5: b"", 6: b"", "present": set()}  # a repeated message field merges its occurrences
     for key_pos, number, wire, value, stop in _walk(buf, 0, len(buf)):
         if number == 1:
             _expect(wire, _LENGTH_DELIMITED, "SampleResponse.sequences", key_pos)
@@ -296,14 +298,28 @@ def decode_sample_response(data: Buffer) -> SampleResponse:
         elif number == 4:
             _expect(wire, _VARINT, "SampleResponse.prompt_cache_hit_tokens", key_pos)
             cache_hits = _as_int32(value)
-        elif number == 5 or number == 6:  # tensors no tinkex value holds: framing checked, content skipped
+        elif number == 5 or number == 6:
             _expect(wire, _LENGTH_DELIMITED, f"SampleResponse field {number}", key_pos)
+            extras[number] += buf[value:stop]
+            extras["present"].add(number)
     return SampleResponse(
         sequences=sequences,
         prompt_logprobs=_prompt_logprobs(buf, prompt_logprobs),
         topk_prompt_logprobs=_topk_rows(buf, topk, "SampleResponse.topk_prompt_logprobs"),
         prompt_cache_hit_tokens=cache_hits,
+        **_read_extras(buf, extras),
     )
+
+
+def _read_extras(buf: bytes, extras: dict) -> dict:
+    """Fields 5 and 6 (their bytes, merged), decoded when present."""
+    framing = Framing(walk=_walk, expect=_expect, read_varint=_read_varint)
+    out: Dict[str, Any] = {}
+    if 5 in extras["present"]:
+        out["target_prompt_logprobs"] = read_tensor(framing, extras[5], "target_prompt_logprobs")
+    if 6 in extras["present"]:
+        out["prompt_alt_tokens"] = read_alt_tokens(framing, extras[6])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

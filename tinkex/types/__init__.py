@@ -18,6 +18,7 @@ from ._answers import (
     StreamChunkKind,
     TryAgainResponse,
 )
+from ._arrays import TensorDtype, TopkArrays
 from ._model_input import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput, ModelInputChunk
 from ._poller import FutureCompletion, RetrieveFuturesRequest, RetrieveFuturesResponse, SamplingSessionTarget
 from ._sampling import (
@@ -90,4 +91,6 @@ __all__ = [
     "ServerCapabilities",
     "SessionHeartbeatRequest",
     "SupportedModel",
+    "TensorDtype",
+    "TopkArrays",
 ]

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import attrs
 
 from ..errors import DecodeError, ValidationError
+from ._arrays import TopkArrays, float32_array, int32_array, topk_arrays
 from ._model_input import ModelInput
 from ._tensor import PromptAltTokens, TensorData
 from ._wire import decode_list, fields_to_json, get_field, int_list, optional_float_list, require_mapping
@@ -324,6 +325,21 @@ class SampledSequence:
         """
         return _tokenizer(tokenizer).decode(self.tokens)
 
+    @property
+    def tokens_np(self) -> Any:
+        """``tokens`` as a 1-D int32 numpy array (needs numpy)."""
+        return int32_array(self.tokens)
+
+    @property
+    def logprobs_np(self) -> Any:
+        """``logprobs`` as a 1-D float32 numpy array, or None (needs numpy)."""
+        return None if self.logprobs is None else float32_array(self.logprobs)
+
+    @property
+    def topk_logprobs_np(self) -> Optional[TopkArrays]:
+        """``topk_logprobs`` as two ``(num_tokens, k)`` matrices, or None (needs numpy)."""
+        return None if self.topk_logprobs is None else topk_arrays(self.topk_logprobs)
+
     def to_json(self) -> dict:
         out: dict = {"stop_reason": self.stop_reason.value, "tokens": self.tokens}
         out["logprobs"] = self.logprobs
@@ -394,6 +410,16 @@ class SampleResponse:
             target_prompt_logprobs=get_field(mapping, "target_prompt_logprobs", what, dict, None, TensorData.from_json),
             prompt_alt_tokens=get_field(mapping, "prompt_alt_tokens", what, dict, None, PromptAltTokens.from_json),
         )
+
+    @property
+    def prompt_logprobs_np(self) -> Any:
+        """``prompt_logprobs`` as a 1-D float32 numpy array (NaN where None), or None (needs numpy)."""
+        return None if self.prompt_logprobs is None else float32_array(self.prompt_logprobs)
+
+    @property
+    def topk_prompt_logprobs_np(self) -> Optional[TopkArrays]:
+        """``topk_prompt_logprobs`` as two ``(prompt_length, k)`` matrices, or None (needs numpy)."""
+        return None if self.topk_prompt_logprobs is None else topk_arrays(self.topk_prompt_logprobs)
 
     def texts(self, tokenizer: Any) -> List[str]:
         """The decoded text of every sequence, in order (see :meth:`SampledSequence.decode`).

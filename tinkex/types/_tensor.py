@@ -105,6 +105,30 @@ class TensorData:
                 dense[r][col[index]] = self.data[index]
         return dense
 
+    def to_numpy(self) -> Any:
+        """The tensor as a numpy array of its shape (dense; CSR cells not listed are 0; needs numpy)."""
+        from ._arrays import numpy
+
+        np = numpy()
+        shape = self.shape if self.shape is not None else [len(self.data)]
+        if self.is_sparse:
+            return np.asarray(self.rows(fill=0), dtype=self.dtype).reshape(shape)
+        return np.asarray(self.data, dtype=self.dtype).reshape(shape)
+
+    def tolist(self) -> Any:
+        """The tensor as nested lists of its shape (dense; CSR cells not listed are 0), no numpy needed."""
+        shape = self.shape if self.shape is not None else [len(self.data)]
+        flat: List[Any] = [v for row in self.rows(fill=0) for v in row] if self.is_sparse else list(self.data)
+        for size in reversed(shape[1:]):
+            flat = [flat[i : i + size] for i in range(0, len(flat), size)] if size else [[] for _ in flat]
+        return flat
+
+    @classmethod
+    def from_numpy(cls, array: Any) -> TensorData:
+        """A dense tensor from a numpy array of integers (int64) or floats (float32)."""
+        dtype = "int64" if array.dtype.kind in "iub" else "float32"
+        return cls(data=array.astype(dtype).ravel().tolist(), dtype=dtype, shape=list(array.shape))
+
     def to_json(self) -> dict:
         out: dict = {"data": list(self.data), "dtype": self.dtype}
         for name in ("shape", "sparse_crow_indices", "sparse_col_indices"):
