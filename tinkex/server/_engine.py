@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..types import (
     ClientConfig,
@@ -303,7 +303,7 @@ class Engine:
         window, left = pause
         return window.state, window.reason_text, left
 
-    def records(self) -> list:
+    def records(self) -> List[Dict[str, Any]]:
         return [record.summary() for record in self.store.records.values()]
 
     def snapshot_for(self, owner: str) -> Dict[str, Any]:

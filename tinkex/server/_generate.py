@@ -9,21 +9,34 @@ stop_reason, total_tokens)`` per sequence, sequences one after the other.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Literal, Optional, Protocol, Tuple, Union
 
 import attrs
 
 from ..types import PromptAltTokens, SampledSequence, SampleResponse, TensorData, TopkLogprobs
 from ._plan import GenerationPlan
 
-__all__ = ["GenerationCancelled", "run_plan", "NEVER_CANCELLED"]
+__all__ = ["GenerationCancelled", "run_plan", "NEVER_CANCELLED", "CancelFlag", "Event", "Emit"]
 
-Emit = Callable[[tuple], None]
+# ("token", sequence_index, index, token_id, logprob)
+TokenEvent = Tuple[Literal["token"], int, int, int, Optional[float]]
+# ("done", sequence_index, stop_reason, total_tokens)
+DoneEvent = Tuple[Literal["done"], int, str, int]
+Event = Union[TokenEvent, DoneEvent]
+Emit = Callable[[Event], None]
 _YIELD_EVERY = 512  # tokens between GIL hand-offs of an undelayed generation
 
 
 class GenerationCancelled(Exception):
     """The request was cancelled while generating."""
+
+
+class CancelFlag(Protocol):
+    """What ``run_plan`` needs of a cancel flag: the read side of a ``threading.Event``."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
 
 
 class _Never:
@@ -38,11 +51,11 @@ class _Never:
         return False
 
 
-NEVER_CANCELLED: Any = _Never()
+NEVER_CANCELLED: CancelFlag = _Never()
 
 
 def run_plan(
-    plan: GenerationPlan, cancel: Any = NEVER_CANCELLED, delay_s: float = 0.0, emit: Optional[Emit] = None
+    plan: GenerationPlan, cancel: CancelFlag = NEVER_CANCELLED, delay_s: float = 0.0, emit: Optional[Emit] = None
 ) -> SampleResponse:
     """Generate every sequence of ``plan`` and score the prompt as asked.
 
@@ -102,7 +115,7 @@ def _alternatives(plan: GenerationPlan) -> Optional[PromptAltTokens]:
 
 
 def _run_sequence(
-    plan: GenerationPlan, index: int, cancel: Any, delay_s: float, emit: Optional[Emit]
+    plan: GenerationPlan, index: int, cancel: CancelFlag, delay_s: float, emit: Optional[Emit]
 ) -> SampledSequence:
     generation = plan.model.start(plan.prompt, plan.params, index)
     for position, (token, logprob) in enumerate(generation):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
 from aiohttp import web
 
@@ -20,6 +20,9 @@ from ..types import QueueState, TryAgainResponse
 from ._connections import ConnectionGuard
 from ._engine import Engine
 from ._problems import Problem
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Middleware
 
 __all__ = [
     "json_response", "build_middlewares", "route_name", "ENGINE_KEY", "PRINCIPAL", "DROP_AFTER", "ADMIN_PRINCIPAL",
@@ -54,7 +57,7 @@ def route_name(request: web.Request) -> str:
     return name or UNMATCHED
 
 
-def build_middlewares(engine: Engine, guard: Optional[ConnectionGuard] = None) -> list:
+def build_middlewares(engine: Engine, guard: Optional[ConnectionGuard] = None) -> List[Middleware]:
     """The middlewares of the app, outermost first."""
 
     @web.middleware

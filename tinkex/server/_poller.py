@@ -10,7 +10,10 @@ gets every retained entry and the true cursor at once, so no completion is lost 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from .store import RequestRecord
 
 __all__ = ["PollerLog"]
 
@@ -25,11 +28,11 @@ class PollerLog:
     """
 
     def __init__(self) -> None:
-        self._entries: List[Any] = []
+        self._entries: List[RequestRecord] = []
         self._base = 0
-        self._waiter: Optional[asyncio.Future] = None
+        self._waiter: Optional[asyncio.Future[None]] = None
 
-    def append(self, record: Any) -> None:
+    def append(self, record: RequestRecord) -> None:
         self._entries.append(record)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -40,7 +43,7 @@ class PollerLog:
         """The cursor after the last entry: the number of entries ever logged."""
         return self._base + len(self._entries)
 
-    def since(self, cursor: int) -> Tuple[List[Any], int]:
+    def since(self, cursor: int) -> Tuple[List[RequestRecord], int]:
         """Drop entries before ``cursor`` (acknowledged) and return the rest and the new cursor.
 
         Example:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, Union
 
 import attrs
 
@@ -14,14 +14,14 @@ from ..types import ClientConfig, DynamicConfig
 __all__ = ["ServerSettings", "is_loopback_host", "split_config_flags", "parse_config_flag", "DYNAMIC_FLAGS"]
 
 
-def _positive(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValidationError(
             f"{attribute.name} must be a positive number, got {value!r}", field=attribute.name, value=value
         )
 
 
-def _non_negative(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _non_negative(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValidationError(
             f"{attribute.name} must be a non-negative number, got {value!r}", field=attribute.name, value=value
@@ -48,10 +48,13 @@ def _config_dict(value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
-def _flags_of(kind: Any) -> Callable[[Any, attrs.Attribute, Dict[str, Any]], None]:
+_FlagsValidator = Callable[[Any, "attrs.Attribute[Dict[str, Any]]", Dict[str, Any]], None]
+
+
+def _flags_of(kind: Type[Union[ClientConfig, DynamicConfig]]) -> _FlagsValidator:
     """A validator: every known flag of ``kind`` (ClientConfig / DynamicConfig) has its type."""
 
-    def check(_instance: Any, attribute: attrs.Attribute, flags: Dict[str, Any]) -> None:
+    def check(_instance: Any, attribute: attrs.Attribute[Dict[str, Any]], flags: Dict[str, Any]) -> None:
         for name, value in flags.items():
             try:
                 kind.from_json({name: value})

@@ -19,11 +19,11 @@ class Stats:
     """
 
     def __init__(self) -> None:
-        self.requests: Counter = Counter()
-        self.statuses: Counter = Counter()
-        self.faults: Counter = Counter()
-        self.faults_by_route: Counter = Counter()
-        self.events: Counter = Counter()
+        self.requests: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.faults_by_route: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
 
     def count_request(self, route: str) -> None:
         self.requests[route] += 1

@@ -9,11 +9,12 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 __all__ = ["DaemonExecutor"]
 
-_STOP = object()
+T = TypeVar("T")
+_WorkItem = Tuple[Future[Any], Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]
 
 
 class DaemonExecutor(Executor):
@@ -30,7 +31,7 @@ class DaemonExecutor(Executor):
     """
 
     def __init__(self, workers: int, name: str = "tinkex-worker") -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Optional[_WorkItem]] = queue.SimpleQueue()  # None: a worker's stop sentinel
         self._lock = threading.Lock()
         self._closed = False
         self._threads: List[threading.Thread] = [
@@ -39,8 +40,8 @@ class DaemonExecutor(Executor):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot submit to a shut-down executor")
@@ -50,7 +51,7 @@ class DaemonExecutor(Executor):
     def _work(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
             future, fn, args, kwargs = item
             if not future.set_running_or_notify_cancel():
@@ -69,19 +70,19 @@ class DaemonExecutor(Executor):
                 if cancel_futures:
                     self._cancel_queued()
                 for _ in self._threads:
-                    self._queue.put(_STOP)
+                    self._queue.put(None)
         if wait:
             for thread in self._threads:
                 thread.join(timeout)
 
     def _cancel_queued(self) -> None:
-        pending = []
+        pending: List[Future[Any]] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is not None:
                 pending.append(item[0])
         for future in pending:
             future.cancel()

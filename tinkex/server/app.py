@@ -54,7 +54,8 @@ async def _body(request: web.Request, what: str, *, required: bool = True) -> An
 
 
 def _owner(request: web.Request) -> str:
-    return request[PRINCIPAL]
+    owner: str = request[PRINCIPAL]  # set by the auth middleware; aiohttp types request state as Any
+    return owner
 
 
 def _is_loopback(remote: Any) -> bool:

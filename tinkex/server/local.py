@@ -37,7 +37,7 @@ class _Running:
         self.thread: threading.Thread = threading.Thread()
         self.engine: Optional[Engine] = None
         self.runner: Optional[web.AppRunner] = None
-        self.sweeper: Optional[asyncio.Task] = None
+        self.sweeper: Optional[asyncio.Task[None]] = None
         self.executor: Optional[DaemonExecutor] = None
 
 
@@ -179,7 +179,7 @@ class LocalServer:
         return self._models
 
     def _launch(self, models: Dict[str, LanguageModel]) -> _Running:
-        started: concurrent.futures.Future = concurrent.futures.Future()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
         running = _Running(asyncio.new_event_loop())
         running.thread = threading.Thread(
             target=self._run, args=(running, models, started), name="tinkex-local-server", daemon=True
@@ -192,7 +192,9 @@ class LocalServer:
             raise
         return running
 
-    def _run(self, running: _Running, models: Dict[str, LanguageModel], started: concurrent.futures.Future) -> None:
+    def _run(
+        self, running: _Running, models: Dict[str, LanguageModel], started: concurrent.futures.Future[None]
+    ) -> None:
         loop = running.loop
         asyncio.set_event_loop(loop)
         try:

@@ -18,11 +18,12 @@ import functools
 import logging
 import threading
 from concurrent.futures import Executor
-from typing import Any, Deque, Optional, Tuple
+from typing import Deque, Optional, Tuple
 
 from ..errors import ValidationError
 from ..types import SampleResponse
-from ._generate import GenerationCancelled, run_plan
+from ._generate import Emit, Event, GenerationCancelled, run_plan
+from ._plan import GenerationPlan
 from ._stats import Stats
 from .store import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RequestRecord, Store
 
@@ -80,19 +81,19 @@ class Scheduler:
         """Start (or queue) a generation for ``record``; counts it in ``record.generations``."""
         record.generations += 1
         self._stats.count("generations")
-        plan = record.plan
+        plan = _plan_of(record)
         if self._inline_cheap and plan.is_cheap and plan.work_tokens <= self._inline_max_tokens:
-            self._run_inline(record)
+            self._run_inline(record, plan)
         elif self.running < self.max_concurrent:
             self._start(record)
         else:
             self._queue.append(record)
             self.queued += 1
 
-    def _run_inline(self, record: RequestRecord) -> None:
+    def _run_inline(self, record: RequestRecord, plan: GenerationPlan) -> None:
         emit = functools.partial(self._publish, record) if record.streaming else None
         try:
-            response = run_plan(record.plan, emit=emit)
+            response = run_plan(plan, emit=emit)
         except Exception as exc:
             self._fail_from(record, exc)
         else:
@@ -104,20 +105,20 @@ class Scheduler:
         record.cancel_flag = threading.Event()
         emit = self._threadsafe_emitter(record) if record.streaming else None
         future = self._loop.run_in_executor(
-            self._executor, run_plan, record.plan, record.cancel_flag, self._delay_s, emit
+            self._executor, run_plan, _plan_of(record), record.cancel_flag, self._delay_s, emit
         )
         future.add_done_callback(functools.partial(self._worker_done, record))
 
-    def _threadsafe_emitter(self, record: RequestRecord) -> Any:
+    def _threadsafe_emitter(self, record: RequestRecord) -> Emit:
         call_soon = self._loop.call_soon_threadsafe
         publish = self._publish
 
-        def emit(event: tuple) -> None:
+        def emit(event: Event) -> None:
             call_soon(publish, record, event)
 
         return emit
 
-    def _worker_done(self, record: RequestRecord, future: asyncio.Future) -> None:
+    def _worker_done(self, record: RequestRecord, future: asyncio.Future[SampleResponse]) -> None:
         self.running -= 1
         try:
             if record.state == RUNNING:
@@ -127,7 +128,7 @@ class Scheduler:
         finally:
             self._pump()
 
-    def _settle(self, record: RequestRecord, future: asyncio.Future) -> None:
+    def _settle(self, record: RequestRecord, future: asyncio.Future[SampleResponse]) -> None:
         if future.cancelled():
             self._complete(record, CANCELLED, error="generation was stopped", category="unknown")
             return
@@ -194,7 +195,7 @@ class Scheduler:
         self._wake_listeners(record)
         self._log_completion(record)
 
-    def _publish(self, record: RequestRecord, event: tuple) -> None:
+    def _publish(self, record: RequestRecord, event: Event) -> None:
         record.events.append(event)
         self._wake_listeners(record)
 
@@ -234,3 +235,10 @@ class Scheduler:
                 f"{self.queued} request(s) queued"
             )
         return "active", None
+
+
+def _plan_of(record: RequestRecord) -> GenerationPlan:
+    """The plan of a request about to generate: only a finished request has dropped it."""
+    plan = record.plan
+    assert plan is not None, f"{record.request_id} generates after its plan was dropped"
+    return plan

@@ -9,14 +9,21 @@ order they were set, so the sweeper only looks at the front of each queue.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import secrets
+import threading
 import time
-from typing import Any, Callable, Counter, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Counter, Deque, Dict, List, Optional, Set, Tuple
 
 from ..types import SamplePromise, SampleResponse
+from ._generate import Event
 from ._problems import Problem, gone, not_found
 from ._settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ._plan import GenerationPlan
+    from ._poller import PollerLog
 
 __all__ = ["Session", "SamplingSession", "RequestRecord", "Store", "new_id"]
 
@@ -69,7 +76,7 @@ class SamplingSession:
         self.base_model = base_model
         self.model_path = model_path
         self.clients = 0
-        self.poller_logs: Dict[int, Any] = {}
+        self.poller_logs: Dict[int, PollerLog] = {}
 
 
 class RequestRecord:
@@ -90,7 +97,7 @@ class RequestRecord:
         session: Optional[Session],
         sampling_session_id: Optional[str],
         seq_id: Optional[int],
-        plan: Any,
+        plan: GenerationPlan,
         model_name: str,
         num_samples: int,
         now: float,
@@ -104,7 +111,7 @@ class RequestRecord:
         self.session = session
         self.sampling_session_id = sampling_session_id
         self.seq_id = seq_id
-        self.plan = plan
+        self.plan: Optional[GenerationPlan] = plan  # dropped once done: the prompt is not needed
         self.model_name = model_name
         self.sequence_ids = [f"{self.request_id}:seq:{index}" for index in range(num_samples)]
         self.state = QUEUED
@@ -117,11 +124,11 @@ class RequestRecord:
         self.encoded: Dict[str, bytes] = {}
         self.error: Optional[str] = None
         self.category: Optional[str] = None
-        self.cancel_flag: Any = None
-        self.waiter: Any = None
+        self.cancel_flag: Optional[threading.Event] = None
+        self.waiter: Optional[asyncio.Future[None]] = None
         self.streaming = streaming
-        self.events: List[tuple] = []
-        self.listeners: Set[Any] = set()
+        self.events: List[Event] = []
+        self.listeners: Set[asyncio.Event] = set()
         self.interest = 0
         self.aborted_by_stream = False
 
@@ -151,7 +158,7 @@ class RequestRecord:
         }
 
 
-def _decrement(counter: Counter, key: str, amount: int = 1) -> None:
+def _decrement(counter: Counter[str], key: str, amount: int = 1) -> None:
     """Subtract, dropping keys that reach zero so the counters do not grow with every key seen."""
     left = counter[key] - amount
     if left > 0:
@@ -198,8 +205,8 @@ class Store:
         self._unclaimed = _Deadlines()
         self._delivered = _Deadlines()
         self._buried = _Deadlines()
-        self.active_sessions: Counter = collections.Counter()  # per owner
-        self.pending_work: Counter = collections.Counter()  # tokens of unfinished requests per owner
+        self.active_sessions: Counter[str] = collections.Counter()  # per owner
+        self.pending_work: Counter[str] = collections.Counter()  # tokens of unfinished requests per owner
 
     # sessions ---------------------------------------------------------------------------
 

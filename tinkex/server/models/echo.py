@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import struct
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ...types import SamplingParams
 from .base import (
@@ -78,7 +78,7 @@ class EchoModel(LanguageModel):
         tokens = check_prompt(prompt, self.vocab_size, self.max_context_length)
         rng = random.Random(params.seed)  # uniform at any temperature; greedy takes the first id
         rows = max(0, len(tokens) - 1)
-        draw = (lambda: 0) if params.temperature == 0 else (lambda: rng.randrange(self.vocab_size))
+        draw: Callable[[], int] = (lambda: 0) if params.temperature == 0 else (lambda: rng.randrange(self.vocab_size))
         return [[draw() for _ in range(k)] for _ in range(rows)], [[_UNIFORM_LOGPROB] * k for _ in range(rows)]
 
     def topk_prompt_logprobs(self, prompt: Sequence[int], k: int) -> List[TopkRow]:

@@ -64,7 +64,8 @@ Chooser = Callable[[np.ndarray, np.random.Generator], int]
 
 def _float32(value: float) -> float:
     """Round through float32, the precision logprobs travel in."""
-    return _F32.unpack(_F32.pack(value))[0]
+    rounded: float = _F32.unpack(_F32.pack(value))[0]  # struct types its fields as Any
+    return rounded
 
 
 def _pack(tokens: Sequence[int]) -> int:
@@ -184,7 +185,8 @@ def _chooser(params: SamplingParams) -> Chooser:
 def _tempered(p: np.ndarray, temperature: float) -> np.ndarray:
     """``p ** (1 / T)`` up to a factor, computed in log space so a small T cannot underflow to all zeros."""
     logp = np.log(p)
-    return np.exp((logp - logp.max()) / temperature)
+    tempered: np.ndarray = np.exp((logp - logp.max()) / temperature)  # numpy types ufuncs of an untyped array as Any
+    return tempered
 
 
 def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
@@ -369,7 +371,7 @@ class NGramModel(LanguageModel):
     def _next_token_probabilities(self, history: np.ndarray) -> np.ndarray:
         """p(history[j] | history[:j]) for j >= 1, with exactly the arithmetic of ``distribution``."""
         targets = history[1:]
-        p = self._base[targets].copy()
+        p: np.ndarray = self._base[targets].copy()
         for length in range(1, min(_CONTEXT, len(targets)) + 1):
             level = self._levels[length]
             rows = np.arange(length - 1, len(targets))
