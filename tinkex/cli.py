@@ -33,7 +33,7 @@ import platform
 import re
 import sys
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from ._config import __version__
 from ._help import DefaultsHelpFormatter
@@ -48,7 +48,7 @@ from .errors import (
     ValidationError,
 )
 from .service_client import ServiceClient
-from .tokenizers import Tokenizer, get_tokenizer
+from .tokenizers import IncrementalDecoder, Tokenizer, get_tokenizer
 from .types import ModelInput, SampleResponse, SampleStreamChunk, SamplingParams
 
 __all__ = ["main", "build_parser", "add_connection_arguments", "open_service", "CLIError"]
@@ -316,7 +316,7 @@ class _Transcript:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tokenizer = tokenizer
-        self._decoders: Dict[int, Any] = {}
+        self._decoders: Dict[int, IncrementalDecoder] = {}
         self._pieces: Dict[int, List[str]] = {}
 
     def feed(self, index: int, token_id: int) -> str:
@@ -516,8 +516,8 @@ def _status_hint(status: int, detail: str) -> Optional[str]:
 
 def _refused(exc: BaseException) -> bool:
     """Whether nothing listens at the URL: a refused connection anywhere in the error's chain."""
-    seen: set = set()
-    pending: List[Any] = [exc]
+    seen: Set[int] = set()
+    pending: List[object] = [exc]
     while pending:
         error = pending.pop()
         if not isinstance(error, BaseException) or id(error) in seen:

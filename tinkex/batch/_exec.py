@@ -12,18 +12,20 @@ from __future__ import annotations
 import json
 import queue
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Protocol, Tuple
 
 import attrs
 
 from ..errors import TinkexError, ValidationError
-from ..types import ModelInput, SampleRequest, SamplingParams
+from ..types import ModelInput, SampleRequest, SampleResponse, SamplingParams
 
 __all__ = ["BatchItem", "BatchWorkerError", "WorkerSetupError", "ChunkJob", "ThreadBackend", "drive", "request_bytes",
-           "Outcome"]
+           "Outcome", "Backend", "Progress"]
 
 Outcome = Any  # a result, or the exception that took its place
 Postprocess = Optional[Callable[[Any], Any]]
+# A finished prompt as the thread backend sees it: (index, the client's future or None, the error that replaced it).
+_Done = Tuple[int, Optional[Future[SampleResponse]], Optional[Exception]]
 # What an asample body adds to the SampleRequest's own JSON: session id, seq_id, type, headers' worth of slack.
 REQUEST_OVERHEAD_BYTES = 512
 
@@ -32,6 +34,26 @@ def _check_optional_params(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is not None and not isinstance(value, SamplingParams):
         raise ValidationError(f"sampling_params must be SamplingParams, got {type(value).__name__}",
                               field="sampling_params", value=value)
+
+
+class Backend(Protocol):
+    """What :func:`drive` needs of a backend: prompts in one at a time, ``(index, outcome)`` pairs out."""
+
+    def add(self, index: int, item: Any) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def wait(self) -> List[Tuple[int, Outcome]]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Progress(Protocol):
+    """What :func:`drive` reports to: one update per finished prompt, then close."""
+
+    def update(self, failed: bool) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class BatchWorkerError(TinkexError):
@@ -166,8 +188,8 @@ class ThreadBackend:
         self._client = client
         self._job = job
         self._prompts = _Prompts(client, job)
-        self._done: queue.Queue = queue.Queue()
-        self._futures: Dict[int, Future] = {}
+        self._done: queue.Queue[_Done] = queue.Queue()
+        self._futures: Dict[int, Future[SampleResponse]] = {}
 
     def add(self, index: int, item: Any) -> None:
         try:
@@ -191,7 +213,7 @@ class ThreadBackend:
                 break
         return [(index, self._outcome(index, future, error)) for index, future, error in ready]
 
-    def _outcome(self, index: int, future: Optional[Future], error: Optional[Exception]) -> Outcome:
+    def _outcome(self, index: int, future: Optional[Future[SampleResponse]], error: Optional[Exception]) -> Outcome:
         if future is None:
             return error
         self._futures.pop(index, None)
@@ -210,8 +232,8 @@ class ThreadBackend:
 # -- the driver -----------------------------------------------------------------------------------
 
 
-def drive(backend: Any, items: Iterable[Any], *, max_in_flight: int, ordered: bool, on_error: str,
-          progress: Any) -> Generator[Tuple[int, Outcome], None, None]:
+def drive(backend: Backend, items: Iterable[Any], *, max_in_flight: int, ordered: bool, on_error: str,
+          progress: Progress) -> Generator[Tuple[int, Outcome], None, None]:
     """Yield ``(index, outcome)`` with at most ``max_in_flight`` prompts outstanding.
 
     ``on_error="raise"`` stops submitting at the first failure and raises it when it is due

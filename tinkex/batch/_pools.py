@@ -17,8 +17,8 @@ import os
 import pickle
 import queue
 import threading
-from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from concurrent.futures import Executor, Future
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Protocol, Sequence, Tuple
 
 import cachetools
 
@@ -26,9 +26,27 @@ from ..errors import TinkexError, ValidationError
 from ._exec import BatchWorkerError, ChunkJob, Outcome, ThreadBackend, WorkerSetupError, drive
 from ._progress import NoProgress
 
+if TYPE_CHECKING:
+    from ..sampling_client import SamplingClient
+
 __all__ = ["ChunkBackend", "FuturesPool", "DaskPool", "pool_adapter", "run_chunk", "exit_with_parent"]
 
 logger = logging.getLogger(__name__)
+
+ChunkResult = List[Outcome]  # what run_chunk returns: one outcome per prompt of the chunk
+
+
+class ChunkPool(Protocol):
+    """What :class:`ChunkBackend` needs of a pool adapter. A handle is the pool's own future
+    (``concurrent.futures`` or Dask): opaque here, only used as a key and handed back to cancel."""
+
+    def workers(self) -> int: ...
+
+    def submit(self, fn: Callable[..., ChunkResult], *args: Any) -> Any: ...
+
+    def wait(self) -> List[Tuple[Any, Outcome]]: ...
+
+    def cancel(self, handles: Sequence[Any]) -> None: ...
 
 
 class ChunkBackend:
@@ -37,7 +55,7 @@ class ChunkBackend:
     Thread-safety: one consuming thread, like :class:`ThreadBackend`.
     """
 
-    def __init__(self, pool: Any, client: Any, job: ChunkJob, chunk_size: int) -> None:
+    def __init__(self, pool: ChunkPool, client: Any, job: ChunkJob, chunk_size: int) -> None:
         self._pool = pool
         self._blob = pickle.dumps(client)  # once per batch; each worker process unpickles it once
         self._job = job
@@ -92,19 +110,19 @@ def _chunk_failure(outcome: Any, size: int) -> BatchWorkerError:
 class FuturesPool:
     """Adapter for a ``concurrent.futures.Executor`` (normally a ``ProcessPoolExecutor``)."""
 
-    def __init__(self, executor: Any) -> None:
+    def __init__(self, executor: Executor) -> None:
         self._executor = executor
-        self._done: queue.Queue = queue.Queue()
+        self._done: queue.Queue[Future[ChunkResult]] = queue.Queue()
 
     def workers(self) -> int:
         return int(getattr(self._executor, "_max_workers", 0) or 1)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def submit(self, fn: Callable[..., ChunkResult], *args: Any) -> Future[ChunkResult]:
         future = self._executor.submit(fn, *args)
         future.add_done_callback(self._done.put)
         return future
 
-    def wait(self) -> List[Tuple[Any, Outcome]]:
+    def wait(self) -> List[Tuple[Future[ChunkResult], Outcome]]:
         ready = [self._done.get()]
         while True:
             try:
@@ -113,16 +131,26 @@ class FuturesPool:
                 break
         return [(future, _future_outcome(future)) for future in ready]
 
-    def cancel(self, handles: Sequence[Any]) -> None:
+    def cancel(self, handles: Sequence[Future[ChunkResult]]) -> None:
         for future in handles:
             future.cancel()  # a chunk already running in a worker finishes there; its outcome is dropped
 
 
-def _future_outcome(future: Future) -> Outcome:
+def _future_outcome(future: Future[ChunkResult]) -> Outcome:
     try:
         return future.result()
     except Exception as exc:
         return exc
+
+
+class _AsCompleted(Protocol):
+    """The part of ``distributed.as_completed(with_results=True)`` used here: (future, result) pairs."""
+
+    def add(self, future: Any) -> None: ...
+
+    def __next__(self) -> Tuple[Any, Any]: ...
+
+    def next_batch(self, block: bool = True) -> List[Tuple[Any, Any]]: ...
 
 
 class DaskPool:
@@ -132,13 +160,15 @@ class DaskPool:
         from distributed import as_completed
 
         self._client = client
-        self._completed = as_completed(loop=client.loop, with_results=True, raise_errors=False)
+        self._completed: _AsCompleted = as_completed(  # type: ignore[no-untyped-call, unused-ignore]  # distributed leaves it unannotated (an error only under --strict)
+            loop=client.loop, with_results=True, raise_errors=False
+        )
 
     def workers(self) -> int:
         workers = self._client.scheduler_info().get("workers", {})
         return max(1, sum(int(info.get("nthreads", 1)) for info in workers.values()))
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def submit(self, fn: Callable[..., ChunkResult], *args: Any) -> Any:
         future = self._client.submit(fn, *args, pure=False)
         self._completed.add(future)
         return future
@@ -159,12 +189,10 @@ def _dask_outcome(future: Any, result: Any) -> Outcome:
     return result
 
 
-def pool_adapter(executor: Any) -> Any:
+def pool_adapter(executor: Any) -> ChunkPool:
     """Wrap a ``concurrent.futures.Executor`` or a ``dask.distributed.Client``."""
     if type(executor).__module__.split(".")[0] == "distributed" and hasattr(executor, "scheduler_info"):
         return DaskPool(executor)
-    from concurrent.futures import Executor
-
     if isinstance(executor, Executor):
         return FuturesPool(executor)
     raise ValidationError(f"executor must be a concurrent.futures.Executor or a dask.distributed.Client, got "
@@ -174,20 +202,20 @@ def pool_adapter(executor: Any) -> Any:
 
 # -- the worker side ------------------------------------------------------------------------------
 
-_worker_clients: cachetools.LRUCache = cachetools.LRUCache(maxsize=8)
+_worker_clients: cachetools.LRUCache[bytes, SamplingClient] = cachetools.LRUCache(maxsize=8)
 _worker_lock = threading.Lock()  # guards _worker_clients: Dask runs several chunks per process at once
 
 
-def _worker_client(blob: bytes) -> Any:
+def _worker_client(blob: bytes) -> SamplingClient:
     with _worker_lock:
         client = _worker_clients.get(blob)
         if client is None or client.closed:
-            client = pickle.loads(blob)
+            client = pickle.loads(blob)  # the SamplingClient ChunkBackend pickled
             _worker_clients[blob] = client
         return client
 
 
-def run_chunk(blob: bytes, items: Sequence[Any], job: ChunkJob) -> List[Outcome]:
+def run_chunk(blob: bytes, items: Sequence[Any], job: ChunkJob) -> ChunkResult:
     """Sample one chunk in a worker process; failures come back as (picklable) exceptions."""
     exit_with_parent()
     try:

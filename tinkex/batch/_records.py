@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Set
 
 from ..errors import ValidationError
+
+if TYPE_CHECKING:
+    from ..tokenizers import Tokenizer
+    from ..types import SampleResponse
 
 __all__ = ["KeySet", "dumps", "error_record", "Renderer", "RECORD_PREFIX"]
 
@@ -100,15 +104,16 @@ class Renderer:
 
     def __init__(self, tokenizer_name: Optional[str]) -> None:
         self.tokenizer_name = tokenizer_name
-        self._tokenizer: Any = None
+        self._tokenizer: Optional[Tokenizer] = None
 
     def __getstate__(self) -> Dict[str, Any]:
         return {"tokenizer_name": self.tokenizer_name}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__init__(state["tokenizer_name"])  # type: ignore[misc]
+        self.tokenizer_name = state["tokenizer_name"]
+        self._tokenizer = None
 
-    def _decode(self, tokens: Any) -> Optional[str]:
+    def _decode(self, tokens: Sequence[int]) -> Optional[str]:
         if self.tokenizer_name is None:
             return None
         if self._tokenizer is None:
@@ -117,7 +122,7 @@ class Renderer:
             self._tokenizer = get_tokenizer(self.tokenizer_name)
         return self._tokenizer.decode(tokens)
 
-    def __call__(self, response: Any) -> Dict[str, Any]:
+    def __call__(self, response: SampleResponse) -> Dict[str, Any]:
         return {"sequences": [
             {"text": self._decode(seq.tokens), "tokens": seq.tokens, "logprobs": seq.logprobs,
              "stop_reason": seq.stop_reason.value}

@@ -6,11 +6,11 @@ and its backends live in :mod:`._exec`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sized, Tuple
 
 from ..errors import ValidationError
 from ..types import SamplingParams
-from ._exec import ChunkJob, ThreadBackend, drive
+from ._exec import Backend, ChunkJob, ThreadBackend, drive
 from ._pools import ChunkBackend, pool_adapter
 from ._progress import LazyProgress, ProgressSpec
 
@@ -116,15 +116,15 @@ def sample_many_unordered(
                     max_request_bytes=max_request_bytes)
     job = ChunkJob(sampling_params, num_samples, postprocess, timeout, max_request_bytes)
     if executor is None:
-        backend: Any = ThreadBackend(client, job)
+        backend: Backend = ThreadBackend(client, job)
         window = max_in_flight or DEFAULT_MAX_IN_FLIGHT
     else:
         pool = pool_adapter(executor)
         size = chunk_size or DEFAULT_CHUNK_SIZE
         backend = ChunkBackend(pool, client, job, size)
         window = max_in_flight or 2 * size * pool.workers()
-    if total is None and hasattr(prompts, "__len__"):
-        total = len(prompts)  # type: ignore[arg-type]
+    if total is None and isinstance(prompts, Sized):
+        total = len(prompts)
     return drive(backend, prompts, max_in_flight=window, ordered=_ordered, on_error=on_error,
                  progress=LazyProgress(progress, total))
 

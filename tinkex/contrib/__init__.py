@@ -5,4 +5,6 @@
 Nothing here is imported by ``import tinkex``; import the module you need.
 """
 
-__all__: list = []
+from typing import List
+
+__all__: List[str] = []

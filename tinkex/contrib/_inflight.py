@@ -16,11 +16,11 @@ __all__ = ["run_in_flight"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-Start = Callable[[], "Future[T]"]
+Start = Callable[[], Future[T]]  # begins one request
 
 
 def run_in_flight(
-    starts: Sequence[Callable[[], Future]],
+    starts: Sequence[Start[T]],
     limit: int,
     finish: Callable[[int, T], R],
     on_done: Callable[[], None] = lambda: None,
@@ -48,10 +48,10 @@ def run_in_flight(
     """
     results: List[Optional[R]] = [None] * len(starts)
     failures: Dict[int, BaseException] = {}
-    pending: Dict[Future, int] = {}
+    pending: Dict[Future[T], int] = {}
     # Done callbacks, not concurrent.futures.wait: wait() never returns for a future cancelled
     # without being notified (one whose work item was dropped when its pool shut down).
-    finished: queue.SimpleQueue = queue.SimpleQueue()
+    finished: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
     next_index = 0
     try:
         while next_index < len(starts) or pending:
@@ -68,8 +68,8 @@ def run_in_flight(
     return results, failures
 
 
-def _start(start: Callable[[], Future], index: int, pending: Dict[Future, int],
-           failures: Dict[int, BaseException], on_done: Callable[[], None], notify: Callable[[Future], None]
+def _start(start: Start[T], index: int, pending: Dict[Future[T], int],
+           failures: Dict[int, BaseException], on_done: Callable[[], None], notify: Callable[[Future[T]], None]
            ) -> None:
     try:
         future = start()
@@ -81,7 +81,7 @@ def _start(start: Callable[[], Future], index: int, pending: Dict[Future, int],
     future.add_done_callback(notify)  # runs at once when the future is already done
 
 
-def _settle(future: Future, index: int, finish: Callable[[int, T], R], results: List[Optional[R]],
+def _settle(future: Future[T], index: int, finish: Callable[[int, T], R], results: List[Optional[R]],
             failures: Dict[int, BaseException]) -> None:
     if future.cancelled():
         failures[index] = CancelledError(f"request {index} was cancelled")

@@ -168,7 +168,7 @@ def cut_at_stop(text: str, until: Sequence[str]) -> str:
 
 
 @register_model("tinkex")
-class TinkexLM(TemplateLM):
+class TinkexLM(TemplateLM):  # type: ignore[misc, unused-ignore]  # lm_eval is untyped: the base is Any (an error only under --strict)
     """lm-eval's model interface over a tinkex :class:`~tinkex.SamplingClient`.
 
     ``model_args`` (all optional but one of ``base_model`` / ``model_path``):
