@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import attrs
 
@@ -21,9 +22,9 @@ class Clock:
     monotonic: Callable[[], float] = time.monotonic
     wall: Callable[[], float] = time.time
     random: Callable[[], float] = random.random
-    sleeper: Optional[Callable[[float, Any], bool]] = None
+    sleeper: Optional[Callable[[float, Optional[threading.Event]], bool]] = None
 
-    def sleep(self, seconds: float, stop: Any = None) -> bool:
+    def sleep(self, seconds: float, stop: Optional[threading.Event] = None) -> bool:
         if self.sleeper is not None:
             return self.sleeper(seconds, stop)
         if seconds <= 0:

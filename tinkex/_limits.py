@@ -27,7 +27,7 @@ THROTTLE_PENALTY = 20
 STOP_CHECK_INTERVAL = 0.25
 
 
-def estimate_bytes(model_input: Any) -> int:
+def estimate_bytes(model_input: object) -> int:
     """Estimate the wire size of a prompt the way the official SDK does.
 
     10 bytes per token, the base64 length of inline image data, the length of an image
@@ -42,7 +42,7 @@ def estimate_bytes(model_input: Any) -> int:
     return sum(_chunk_bytes(chunk) for chunk in model_input.chunks)
 
 
-def _chunk_bytes(chunk: Any) -> int:
+def _chunk_bytes(chunk: object) -> int:
     if isinstance(chunk, EncodedTextChunk):
         return BYTES_PER_TOKEN * len(chunk.tokens)
     if isinstance(chunk, ImageChunk):

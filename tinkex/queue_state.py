@@ -115,7 +115,7 @@ class QueueStateLogger:
         self._action = action
         self._logger = logger if logger is not None else logging.getLogger(__name__)
         self._lock = threading.Lock()
-        self._last_logged: cachetools.TTLCache = cachetools.TTLCache(maxsize, ttl=interval, timer=clock)
+        self._last_logged: cachetools.TTLCache[str, str] = cachetools.TTLCache(maxsize, ttl=interval, timer=clock)
 
     def on_queue_state_change(self, state: QueueState, metadata: Mapping[str, Any]) -> None:
         state = QueueState.parse(state)
@@ -129,7 +129,7 @@ class QueueStateLogger:
             reason = default_reason(state, self._action)
         self._logger.warning("%s", format_pause_message(self._action, identifier, reason))
 
-    def _claim_slot(self, identifier: str, session_id: Any = None) -> bool:
+    def _claim_slot(self, identifier: str, session_id: object = None) -> bool:
         with self._lock:
             if identifier in self._last_logged:
                 return False
@@ -188,13 +188,13 @@ class QueueStateReporter:
         maxsize: requests remembered at once; call :meth:`forget` when one completes.
     """
 
-    def __init__(self, observer: Any, metadata: Mapping[str, Any], *, maxsize: int = 10_000) -> None:
+    def __init__(self, observer: object, metadata: Mapping[str, Any], *, maxsize: int = 10_000) -> None:
         self._observer = observer
         self._metadata = dict(metadata)
         self._callback: Optional[Callable[..., Any]] = getattr(observer, "on_queue_state_change", None)
         self._with_metadata = self._callback is not None and _takes_metadata(self._callback)
         self._lock = threading.Lock()
-        self._last: cachetools.LRUCache = cachetools.LRUCache(maxsize)
+        self._last: cachetools.LRUCache[str, Tuple[QueueState, Optional[str]]] = cachetools.LRUCache(maxsize)
 
     def report(self, state: QueueState, reason: Optional[str], request_id: str) -> None:
         """Tell the observer about ``request_id``'s state if it changed; never raises."""

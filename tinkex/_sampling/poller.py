@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import attrs
 
 from .._clock import Clock
-from .._http import Abort, Sender
+from .._http import Abort, Response, Sender
 from .._policy import Action, Phase, PollPolicy, classify
 from ..errors import APIConnectionError, APIStatusError, APITimeoutError, DecodeError, TinkexError
 from .billing import BillingPause
@@ -199,7 +199,7 @@ class CompletionPoller:
         self._poll_until = self._clock.monotonic() + float(body.get("timeout", read_timeout))
         return body, self._poll_abort, read_timeout
 
-    def _handle(self, response: Any, body: Dict[str, Any], state: _LoopState) -> None:
+    def _handle(self, response: Response, body: Dict[str, Any], state: _LoopState) -> None:
         action = classify(Phase.FUTURES, response.status, response.content)
         if action is Action.DONE:
             state.bad_requests = 0

@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Union
 
 import attrs
 
 from .._clock import Clock
 from .._config import redact_error
 from .._http import EventStream
-from .._http.sse import decode_chunk
+from .._http.sse import ServerEvent, decode_chunk
 from .._wire import codec
 from ..errors import (
     APIConnectionError,
@@ -37,6 +37,9 @@ from ..errors import (
 from ..types import SampleResponse, SampleStreamChunk, StreamChunkKind
 from .call import Sampler
 from .snapshot import SampleCall, Snapshot
+
+if TYPE_CHECKING:
+    from ..tokenizers import IncrementalDecoder, Tokenizer
 
 __all__ = [
     "StreamIterator",
@@ -85,7 +88,7 @@ class StreamIterator:
         ...             print(chunk.token, end="", flush=True)
     """
 
-    def __init__(self, source: Any, texts: _Texts, secret: str = "") -> None:
+    def __init__(self, source: Union[_LiveSource, _FallbackSource], texts: _Texts, secret: str = "") -> None:
         self._source = source
         self._texts = texts
         self._secret = secret
@@ -144,7 +147,7 @@ class StreamIterator:
 
 def open_stream(
     sampler: Sampler, state: Snapshot, call: SampleCall, num_samples: int, *, idle_timeout: float,
-    tokenizer: Any, secret: str, fallback: Callable[[Optional[float]], Future[SampleResponse]],
+    tokenizer: Optional[Tokenizer], secret: str, fallback: Callable[[Optional[float]], Future[SampleResponse]],
 ) -> StreamIterator:
     """Send ``stream_sample`` for ``call`` and return the iterator over its chunks (see ``sample_stream``).
 
@@ -218,26 +221,29 @@ def check_idle_timeout(idle_timeout: Optional[float]) -> float:
 class _Texts:
     """Per-sequence incremental decoders (client-side text wins over the server's). Not thread-safe."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Optional[Tokenizer]) -> None:
         self._tokenizer = tokenizer
-        self._decoders: Dict[int, Any] = {}
+        self._decoders: Dict[int, IncrementalDecoder] = {}
 
-    def _decoder(self, sequence_index: int) -> Any:
+    def _decoder(self, tokenizer: Tokenizer, sequence_index: int) -> IncrementalDecoder:
         decoder = self._decoders.get(sequence_index)
         if decoder is None:
-            decoder = self._decoders[sequence_index] = self._tokenizer.incremental_decoder()
+            decoder = self._decoders[sequence_index] = tokenizer.incremental_decoder()
         return decoder
 
     def apply(self, chunk: SampleStreamChunk) -> SampleStreamChunk:
-        if self._tokenizer is None:
+        tokenizer = self._tokenizer
+        if tokenizer is None:
             return chunk
         if chunk.kind is StreamChunkKind.TOKEN:  # built directly: attrs.evolve costs more than the rest of a chunk
+            token_id = chunk.token_id
+            assert token_id is not None, "decode_chunk requires a token event's token_id"
             return SampleStreamChunk(
                 kind=StreamChunkKind.TOKEN, sequence_index=chunk.sequence_index, index=chunk.index,
-                token_id=chunk.token_id, token=self._decoder(chunk.sequence_index).feed(chunk.token_id),
+                token_id=token_id, token=self._decoder(tokenizer, chunk.sequence_index).feed(token_id),
                 logprob=chunk.logprob,
             )
-        rest = self._decoder(chunk.sequence_index).flush()
+        rest = self._decoder(tokenizer, chunk.sequence_index).flush()
         return attrs.evolve(chunk, token=rest) if rest else chunk
 
 
@@ -326,7 +332,7 @@ class _LiveSource:
             self.delivered += 1
             return chunk
 
-    def _last_event(self, event: Any) -> Optional[SampleStreamChunk]:
+    def _last_event(self, event: ServerEvent) -> Optional[SampleStreamChunk]:
         """An event the body ended inside: kept if it decodes, else the stream was cut short."""
         try:
             return decode_chunk(event)

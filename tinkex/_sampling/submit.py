@@ -8,7 +8,8 @@ differs. What each answer means comes from :func:`tinkex._policy.classify`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Union
+import threading
+from typing import Callable, Optional, Union
 
 from .._clock import Clock
 from .._http import EventStream, Response, Sender
@@ -53,7 +54,7 @@ class Submitter:
         self.policy = policy or SubmitPolicy()
 
     @property
-    def stop(self) -> Any:
+    def stop(self) -> threading.Event:
         return self.transport.stop_event
 
     def asample(self, state: Snapshot, call: SampleCall, seq_id: int) -> Union[SamplePromise, SampleResponse]:

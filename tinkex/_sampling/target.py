@@ -107,7 +107,10 @@ class SamplingTarget:
             base_model=self.spec.base_model, model_path=self.spec.model_path,
         )
         answer = self._holder.transport.request("POST", "create_sampling_session", body=request)
-        return CreateSamplingSessionResponse.from_json(answer.json("create_sampling_session")).sampling_session_id
+        created: CreateSamplingSessionResponse = CreateSamplingSessionResponse.from_json(
+            answer.json("create_sampling_session")
+        )
+        return created.sampling_session_id
 
     def _describe_sampler(self, sampling_session_id: str, base_model: Optional[str]) -> Tuple[Optional[str],
                                                                                               Optional[str]]:
@@ -126,7 +129,10 @@ class SamplingTarget:
             return 1 + secrets.randbelow(CLONE_SEQ_STRIDE - 1)
         request = JoinSamplingSessionRequest(sampling_session_id=sampling_session_id)
         answer = self._holder.transport.request("POST", "join_sampling_session", body=request)
-        counter = JoinSamplingSessionResponse.from_json(answer.json("join_sampling_session")).client_counter
+        joined: JoinSamplingSessionResponse = JoinSamplingSessionResponse.from_json(
+            answer.json("join_sampling_session")
+        )
+        counter = joined.client_counter
         if counter < 1:
             raise TinkexError(f"join_sampling_session answered client_counter={counter}, not >= 1")
         return counter
