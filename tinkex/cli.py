@@ -33,7 +33,7 @@ import platform
 import re
 import sys
 import traceback
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from ._config import __version__
 from ._help import DefaultsHelpFormatter
@@ -47,9 +47,13 @@ from .errors import (
     TinkexError,
     ValidationError,
 )
+from .sampling_client import SamplingClient
 from .service_client import ServiceClient
 from .tokenizers import IncrementalDecoder, Tokenizer, get_tokenizer
 from .types import ModelInput, SampleResponse, SampleStreamChunk, SamplingParams
+
+if TYPE_CHECKING:
+    from .server import LocalServer
 
 __all__ = ["main", "build_parser", "add_connection_arguments", "open_service", "CLIError"]
 
@@ -243,7 +247,7 @@ def open_service(args: argparse.Namespace, models: Optional[Sequence[str]] = Non
         yield stack.enter_context(ServiceClient(api_key=api_key, base_url=base_url, max_retries=retries))
 
 
-def _local_server(models: Optional[Sequence[str]]) -> Any:
+def _local_server(models: Optional[Sequence[str]]) -> LocalServer:
     try:
         from .server import LocalServer
     except ImportError as exc:
@@ -258,13 +262,13 @@ def _local_models(args: argparse.Namespace) -> Optional[List[str]]:
     return [model] if model and args.local and not model.startswith("tinker://") else None
 
 
-def _sampling_client(service: ServiceClient, args: argparse.Namespace) -> Any:
+def _sampling_client(service: ServiceClient, args: argparse.Namespace) -> SamplingClient:
     if args.model.startswith("tinker://"):
         return service.create_sampling_client(model_path=args.model)
     return service.create_sampling_client(base_model=args.model)
 
 
-def _tokenizer(client: Any, args: argparse.Namespace) -> Tokenizer:
+def _tokenizer(client: SamplingClient, args: argparse.Namespace) -> Tokenizer:
     return get_tokenizer(args.tokenizer) if args.tokenizer else client.get_tokenizer()
 
 

@@ -18,9 +18,10 @@ import attrs
 
 from ..errors import TinkexError, ValidationError
 from ..types import ModelInput, SampleRequest, SampleResponse, SamplingParams
+from ._progress import Progress
 
 __all__ = ["BatchItem", "BatchWorkerError", "WorkerSetupError", "ChunkJob", "ThreadBackend", "drive", "request_bytes",
-           "Outcome", "Backend", "Progress"]
+           "Outcome", "Backend"]
 
 Outcome = Any  # a result, or the exception that took its place
 Postprocess = Optional[Callable[[Any], Any]]
@@ -46,14 +47,6 @@ class Backend(Protocol):
     def wait(self) -> List[Tuple[int, Outcome]]: ...
 
     def cancel(self) -> None: ...
-
-
-class Progress(Protocol):
-    """What :func:`drive` reports to: one update per finished prompt, then close."""
-
-    def update(self, failed: bool) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class BatchWorkerError(TinkexError):

@@ -18,7 +18,7 @@ import contextlib
 import json
 import os
 import stat
-from typing import Any, BinaryIO, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Tuple, Union
 
 import attrs
 
@@ -149,7 +149,7 @@ def _invalid(line: int, field: Optional[str], message: str, value: Any = None) -
     return ValidationError(f"line {line}: {message}", field=field, value=value)
 
 
-def _check_id(line: int, data: Dict[str, Any]) -> Any:
+def _check_id(line: int, data: Dict[str, Any]) -> Union[str, int]:
     if "id" not in data:
         raise _invalid(line, "id", "missing 'id'")
     identifier = data["id"]
@@ -158,7 +158,7 @@ def _check_id(line: int, data: Dict[str, Any]) -> Any:
     return identifier
 
 
-def _prompt(line: int, data: Dict[str, Any]) -> Any:
+def _prompt(line: int, data: Dict[str, Any]) -> Union[str, List[int]]:
     has_prompt, has_tokens = "prompt" in data, "tokens" in data
     if has_prompt == has_tokens:
         raise _invalid(line, "prompt", "give exactly one of 'prompt' (text) and 'tokens' (a list of ids)")

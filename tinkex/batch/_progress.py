@@ -12,17 +12,28 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from ..errors import ValidationError
 
-__all__ = ["ProgressSpec", "check_spec", "wants_progress", "make_progress", "LazyProgress", "NoProgress",
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10+; annotations only, so 3.9 runs this module
+
+__all__ = ["Progress", "ProgressSpec", "check_spec", "wants_progress", "make_progress", "LazyProgress", "NoProgress",
            "LogProgress", "TqdmProgress"]
 
 logger = logging.getLogger(__name__)
 
 ProgressSpec = Union[None, bool, str, Any]
 LOG_INTERVAL = 10.0
+
+
+class Progress(Protocol):
+    """What a batch reports to: one update per finished prompt, then close."""
+
+    def update(self, failed: bool) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class NoProgress:
@@ -110,7 +121,7 @@ def _stderr_is_tty() -> bool:
     return bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
 
 
-def _is_reporter(spec: Any) -> bool:
+def _is_reporter(spec: object) -> TypeGuard[Progress]:
     return callable(getattr(spec, "update", None)) and callable(getattr(spec, "close", None))
 
 
@@ -139,7 +150,7 @@ class LazyProgress:
     def __init__(self, spec: ProgressSpec, total: Optional[int]) -> None:
         self._spec = check_spec(spec)  # a bad spec fails now, not mid-batch
         self._total = total
-        self._inner: Any = None
+        self._inner: Optional[Progress] = None
 
     def update(self, failed: bool) -> None:
         if self._inner is None:
@@ -151,7 +162,7 @@ class LazyProgress:
             self._inner.close()
 
 
-def make_progress(spec: ProgressSpec, total: Optional[int]) -> Any:
+def make_progress(spec: ProgressSpec, total: Optional[int]) -> Progress:
     """Build the progress reporter ``spec`` asks for (see the module docstring)."""
     if not wants_progress(spec):
         return NoProgress()

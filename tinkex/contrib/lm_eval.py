@@ -32,6 +32,7 @@ import logging
 import math
 import threading
 import weakref
+from concurrent.futures import Future
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
@@ -374,7 +375,7 @@ class TinkexLM(TemplateLM):  # type: ignore[misc, unused-ignore]  # lm_eval is u
 
         return self._gather(starts, finish, desc, disable_tqdm)
 
-    def _score(self, tokens: List[int]) -> Any:
+    def _score(self, tokens: List[int]) -> Future[types.SampleResponse]:
         prompt = types.ModelInput.from_ints(tokens)
         return self._client.sample(prompt, 1, _SCORE_PARAMS, include_prompt_logprobs=True, topk_prompt_logprobs=1,
                                    timeout=self._timeout)
