@@ -9,16 +9,21 @@ its futures report through a queue; the backends for other processes are in :mod
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterable, List, Optional, Protocol, Tuple
 
 import attrs
 
 from ..errors import TinkexError, ValidationError
 from ..types import ModelInput, SampleRequest, SampleResponse, SamplingParams
 from ._progress import Progress
+
+if TYPE_CHECKING:
+    from ..sampling_client import SamplingClient
+    from ..tokenizers import Tokenizer
 
 __all__ = ["BatchItem", "BatchWorkerError", "WorkerSetupError", "ChunkJob", "ThreadBackend", "drive", "request_bytes",
            "Outcome", "Backend"]
@@ -133,10 +138,10 @@ class _Prompts:
     The tokenizer for text prompts is looked up once, on the first text prompt.
     """
 
-    def __init__(self, client: Any, job: ChunkJob) -> None:
+    def __init__(self, client: SamplingClient, job: ChunkJob) -> None:
         self._client = client
         self._job = job
-        self._tokenizer: Any = None
+        self._tokenizer: Optional[Tokenizer] = None
 
     def request(self, item: Any) -> Tuple[ModelInput, SamplingParams, int]:
         params, num_samples = self._job.sampling_params, self._job.num_samples
@@ -177,7 +182,7 @@ class ThreadBackend:
     futures' done-callbacks (on client threads) touch the queue, which is thread-safe.
     """
 
-    def __init__(self, client: Any, job: ChunkJob) -> None:
+    def __init__(self, client: SamplingClient, job: ChunkJob) -> None:
         self._client = client
         self._job = job
         self._prompts = _Prompts(client, job)
@@ -192,7 +197,10 @@ class ThreadBackend:
             self._done.put((index, None, exc))
             return
         self._futures[index] = future
-        future.add_done_callback(lambda done, index=index: self._done.put((index, done, None)))
+        future.add_done_callback(functools.partial(self._finished, index))
+
+    def _finished(self, index: int, done: Future[SampleResponse]) -> None:
+        self._done.put((index, done, None))
 
     def flush(self) -> None:
         pass

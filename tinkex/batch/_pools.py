@@ -55,7 +55,7 @@ class ChunkBackend:
     Thread-safety: one consuming thread, like :class:`ThreadBackend`.
     """
 
-    def __init__(self, pool: ChunkPool, client: Any, job: ChunkJob, chunk_size: int) -> None:
+    def __init__(self, pool: ChunkPool, client: SamplingClient, job: ChunkJob, chunk_size: int) -> None:
         self._pool = pool
         self._blob = pickle.dumps(client)  # once per batch; each worker process unpickles it once
         self._job = job

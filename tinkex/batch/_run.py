@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 from http import HTTPStatus
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, Optional
 
 import attrs
 
@@ -25,6 +25,9 @@ from ._output import OutputFile, check_output
 from ._progress import LazyProgress, ProgressSpec, wants_progress
 from ._records import Renderer, error_record
 from ._sample import check_arguments, sample_many_unordered
+
+if TYPE_CHECKING:
+    from ..sampling_client import SamplingClient
 
 __all__ = ["BatchSummary", "BatchAbortedError", "run_batch", "is_permanent", "check_paths", "DEFAULT_ABORT_AFTER",
            "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_LINE_BYTES"]
@@ -131,7 +134,7 @@ class BatchAbortedError(TinkexError):
 
 
 def run_batch(
-    client: Any,
+    client: SamplingClient,
     input_path: str,
     output_path: str,
     sampling_params: SamplingParams,
@@ -240,7 +243,7 @@ def _write_result(output: OutputFile, identifier: Any, outcome: Any, tally: _Tal
         tally.defer(outcome)
 
 
-def _tokenizer_name(client: Any) -> Optional[str]:
+def _tokenizer_name(client: SamplingClient) -> Optional[str]:
     try:
         return str(client.get_tokenizer().name)
     except Exception as exc:  # sampling works without one; only the text fields stay empty

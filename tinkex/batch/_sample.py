@@ -6,13 +6,16 @@ and its backends live in :mod:`._exec`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sized, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, Optional, Sized, Tuple
 
 from ..errors import ValidationError
 from ..types import SamplingParams
 from ._exec import Backend, ChunkJob, ThreadBackend, drive
 from ._pools import ChunkBackend, pool_adapter
 from ._progress import LazyProgress, ProgressSpec
+
+if TYPE_CHECKING:
+    from ..sampling_client import SamplingClient
 
 __all__ = ["sample_many", "sample_many_unordered", "check_arguments", "DEFAULT_MAX_IN_FLIGHT",
            "DEFAULT_CHUNK_SIZE"]
@@ -23,7 +26,7 @@ _ON_ERROR = ("raise", "record")
 
 
 def sample_many(
-    client: Any,
+    client: SamplingClient,
     prompts: Iterable[Any],
     sampling_params: SamplingParams,
     *,
@@ -90,7 +93,7 @@ def _outcomes(pairs: Generator[Tuple[int, Any], None, None]) -> Iterator[Any]:
 
 
 def sample_many_unordered(
-    client: Any,
+    client: SamplingClient,
     prompts: Iterable[Any],
     sampling_params: SamplingParams,
     *,

@@ -144,7 +144,7 @@ class Engine:
             self.stats.count("sessions_finished")
         return {}
 
-    def _end(self, records: Any, reason: str) -> None:
+    def _end(self, records: List[RequestRecord], reason: str) -> None:
         for record in records:
             if self.scheduler.cancel(record, reason):
                 self.stats.count("cancels_by_session_end")
