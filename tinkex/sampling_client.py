@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Set, Tuple
 
 import attrs
 
@@ -221,7 +221,7 @@ class SamplingClient:
             self._ready.result()
             engine = self._engine
         state = self._target.current
-        if engine is None or state is None or self._lifecycle is _Lifecycle.CLOSED:
+        if engine is None or state is None or self.closed:  # closed meanwhile, by another thread
             raise ClientClosedError("this SamplingClient is closed")
         return engine, state
 
@@ -366,7 +366,7 @@ class SamplingClient:
         else:
             settle(result, None)
 
-    def _settle(self, sampler: Sampler, future: SampleFuture, finish: Optional[Callable[[SampleResponse], Any]],
+    def _settle(self, sampler: Sampler, future: SampleFuture[Any], finish: Optional[Callable[[SampleResponse], Any]],
                 state: Snapshot, started: float, result: Optional[SampleResponse], error: Optional[BaseException],
                 ) -> None:
         if isinstance(error, Cancelled):
@@ -554,7 +554,7 @@ def _checker(request: SampleRequest) -> Callable[[SampleResponse], SampleRespons
     return lambda response: check_answer(response, request)
 
 
-def _body(request: SampleRequest) -> dict:
+def _body(request: SampleRequest) -> Dict[str, Any]:
     """The request's JSON without ``seq_id``: each attempt adds its own."""
     body = request.to_json()
     body.pop("seq_id", None)

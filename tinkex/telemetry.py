@@ -272,7 +272,7 @@ class TelemetryReporter:
 
     def __init__(
         self,
-        send: Callable[[dict], None],
+        send: Callable[[Dict[str, Any]], None],
         *,
         session_id: str,
         sdk_version: str,

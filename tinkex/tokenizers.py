@@ -344,7 +344,7 @@ TokenizerSource = Union[str, "os.PathLike[str]", Tokenizer]
 _BYTE = ByteTokenizer()
 _lock = threading.Lock()  # guards _registered, _cache and _loading
 _registered: Dict[str, TokenizerSource] = {}
-_cache: cachetools.LRUCache = cachetools.LRUCache(maxsize=CACHE_SIZE)
+_cache: cachetools.LRUCache[str, Tokenizer] = cachetools.LRUCache(maxsize=CACHE_SIZE)
 _loading: Dict[str, threading.Lock] = {}  # one lock per name being loaded right now
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import attrs
 
@@ -40,7 +40,7 @@ class SamplePromise:
             sample_sequence_ids=ids,
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {
             "request_id": self.request_id, "model_id": self.model_id, "sample_sequence_ids": self.sample_sequence_ids,
         }
@@ -67,7 +67,7 @@ class TryAgainResponse:
             queue_state_reason=get_field(mapping, "queue_state_reason", "TryAgainResponse", str, None),
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return fields_to_json(self)
 
 
@@ -86,7 +86,7 @@ class RequestFailedResponse:
             category=RequestErrorCategory.parse(mapping.get("category")),
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"error": self.error, "category": self.category.value}
 
 
@@ -102,7 +102,7 @@ class CompleteMetadataResponse:
         mapping = require_mapping(data, "CompleteMetadataResponse")
         return cls(response_payload_size=get_field(mapping, "response_payload_size", "CompleteMetadataResponse", int))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"status": "complete_metadata", "response_payload_size": self.response_payload_size}
 
 
@@ -142,7 +142,7 @@ class SampleStreamChunk:
     def is_done(self) -> bool:
         return self.kind is StreamChunkKind.DONE
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         """The ``data:`` object of this chunk's SSE event (protocol 9.2); the event name is ``kind``.
 
         Example:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import attrs
 
@@ -64,7 +64,7 @@ class EncodedTextChunk:
     def length(self) -> int:
         return len(self.tokens)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"tokens": self.tokens, "type": "encoded_text"}
 
 
@@ -86,8 +86,8 @@ class ImageChunk:
     def length(self) -> int:
         return _image_length(self.expected_tokens)
 
-    def to_json(self) -> dict:
-        out: dict = {"data": base64.b64encode(self.data).decode("ascii"), "format": self.format}
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"data": base64.b64encode(self.data).decode("ascii"), "format": self.format}
         if self.expected_tokens is not None:
             out["expected_tokens"] = self.expected_tokens
         out["type"] = "image"
@@ -112,8 +112,8 @@ class ImageAssetPointerChunk:
     def length(self) -> int:
         return _image_length(self.expected_tokens)
 
-    def to_json(self) -> dict:
-        out: dict = {"format": self.format, "location": self.location}
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"format": self.format, "location": self.location}
         if self.expected_tokens is not None:
             out["expected_tokens"] = self.expected_tokens
         out["type"] = "image_asset_pointer"
@@ -128,10 +128,12 @@ def _check_chunks(chunks: Any) -> List[ModelInputChunk]:
     if isinstance(chunks, (str, bytes)) or not isinstance(chunks, Iterable):
         raise ValidationError(f"chunks must be a list of chunks, got {chunks!r}", field="chunks", value=chunks)
     chunks = list(chunks)
+    checked: List[ModelInputChunk] = []
     for chunk in chunks:
         if not isinstance(chunk, _CHUNK_TYPES):
             raise ValidationError(f"not a ModelInput chunk: {chunk!r}", field="chunks", value=chunk)
-    return chunks
+        checked.append(chunk)
+    return checked
 
 
 def _decode_chunk(data: Any) -> ModelInputChunk:
@@ -235,7 +237,7 @@ class ModelInput:
             return ModelInput(chunks=[*self.chunks[:-1], EncodedTextChunk(tokens=[*last.tokens, token])])
         return self.append(EncodedTextChunk(tokens=[token]))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"chunks": [chunk.to_json() for chunk in self.chunks]}
 
     @classmethod

@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import attrs
 
@@ -46,7 +46,7 @@ class SamplingSessionTarget:
     cloned_sampler_id: int = 0
     type: str = attrs.field(default="sampling_session", init=False)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return fields_to_json(self)
 
     @classmethod
@@ -68,7 +68,7 @@ class RetrieveFuturesRequest:
     timeout: Optional[float] = None
     retrieved_request_ids: List[str] = attrs.field(factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return fields_to_json(self)
 
     @classmethod
@@ -100,7 +100,7 @@ class FutureCompletion:
     def is_finished(self) -> bool:
         return self.state == "finished"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return fields_to_json(self)
 
     @classmethod
@@ -121,7 +121,7 @@ class RetrieveFuturesResponse:
     completions: List[FutureCompletion] = attrs.field(factory=list)
     cursor: int = 0
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"completions": [c.to_json() for c in self.completions], "cursor": self.cursor}
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import attrs
 
@@ -33,7 +33,7 @@ class _WireEnum(str, enum.Enum):
     """A string enum that prints as its wire value."""
 
     def __str__(self) -> str:
-        return self.value
+        return str(self.value)
 
 
 class _LenientEnum(_WireEnum):
@@ -145,7 +145,7 @@ class SamplingParams:
     def __attrs_post_init__(self) -> None:
         _validate_params(self)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return fields_to_json(self)
 
     @classmethod
@@ -168,10 +168,10 @@ class SamplingParams:
 def _check_num_samples(value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise _invalid("num_samples", value, "must be a positive int")
-    return value
+    return int(value)
 
 
-def _check_non_negative(field: str):
+def _check_non_negative(field: str) -> Callable[[Any, Any, Any], None]:
     def check(_instance: Any, _attribute: Any, value: Any) -> None:
         if not _is_int(value) or value < 0:
             raise _invalid(field, value, "must be a non-negative int")
@@ -206,8 +206,8 @@ class SampleRequest:
     target_prompt_logprobs: Optional[TensorData] = None
     prompt_logprobs_last_n: Optional[int] = None
 
-    def to_json(self) -> dict:
-        out: dict = {
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {
             "num_samples": self.num_samples,
             "prompt": self.prompt.to_json(),
             "sampling_params": self.sampling_params.to_json(),
@@ -282,7 +282,7 @@ def decode_topk_rows(value: Any, what: str) -> List[TopkLogprobs]:
     )
 
 
-def _topk_rows_json(rows: List[TopkLogprobs]) -> list:
+def _topk_rows_json(rows: List[TopkLogprobs]) -> List[Optional[List[List[Any]]]]:
     return [None if row is None else [list(entry) for entry in row] for row in rows]
 
 
@@ -323,7 +323,7 @@ class SampledSequence:
             >>> SampledSequence(tokens=[104, 105, 257]).decode("tinkex/byte")
             'hi'
         """
-        return _tokenizer(tokenizer).decode(self.tokens)
+        return str(_tokenizer(tokenizer).decode(self.tokens))
 
     @property
     def tokens_np(self) -> Any:
@@ -340,8 +340,8 @@ class SampledSequence:
         """``topk_logprobs`` as two ``(num_tokens, k)`` matrices, or None (needs numpy)."""
         return None if self.topk_logprobs is None else topk_arrays(self.topk_logprobs)
 
-    def to_json(self) -> dict:
-        out: dict = {"stop_reason": self.stop_reason.value, "tokens": self.tokens}
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"stop_reason": self.stop_reason.value, "tokens": self.tokens}
         out["logprobs"] = self.logprobs
         if self.sequence_id is not None:
             out["sequence_id"] = self.sequence_id
@@ -380,7 +380,7 @@ class SampleResponse:
     target_prompt_logprobs: Optional[TensorData] = None
     prompt_alt_tokens: Optional[PromptAltTokens] = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         """The legacy JSON result form (protocol 6.4), plus the 0.38 fields when present."""
         topk = self.topk_prompt_logprobs
         out: Dict[str, Any] = {

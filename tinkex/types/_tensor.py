@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import attrs
 
@@ -129,8 +129,8 @@ class TensorData:
         dtype = "int64" if array.dtype.kind in "iub" else "float32"
         return cls(data=array.astype(dtype).ravel().tolist(), dtype=dtype, shape=list(array.shape))
 
-    def to_json(self) -> dict:
-        out: dict = {"data": list(self.data), "dtype": self.dtype}
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"data": list(self.data), "dtype": self.dtype}
         for name in ("shape", "sparse_crow_indices", "sparse_col_indices"):
             value = getattr(self, name)
             if value is not None:
@@ -161,7 +161,7 @@ class PromptAltTokens:
     tokens: TensorData
     logprobs: TensorData
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"tokens": self.tokens.to_json(), "logprobs": self.logprobs.to_json()}
 
     @classmethod
