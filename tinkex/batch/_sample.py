@@ -6,10 +6,24 @@ and its backends live in :mod:`._exec`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, Optional, Sized, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Literal,
+    Optional,
+    Sized,
+    Tuple,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from ..errors import ValidationError
-from ..types import SamplingParams
+from ..types import SampleResponse, SamplingParams
 from ._exec import Backend, ChunkJob, ThreadBackend, drive
 from ._pools import ChunkBackend, pool_adapter
 from ._progress import LazyProgress, ProgressSpec
@@ -23,6 +37,49 @@ __all__ = ["sample_many", "sample_many_unordered", "check_arguments", "DEFAULT_M
 DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_CHUNK_SIZE = 128
 _ON_ERROR = ("raise", "record")
+T = TypeVar("T")
+
+
+# What sample_many yields, by its arguments: results (or what postprocess makes of them), and under
+# on_error="record" the exception object in place of a failed prompt's result.
+@overload
+def sample_many(
+    client: SamplingClient, prompts: Iterable[Any], sampling_params: SamplingParams, *, num_samples: int = ...,
+    max_in_flight: Optional[int] = ..., on_error: Literal["raise"] = ..., progress: ProgressSpec = ...,
+    executor: Any = ..., total: Optional[int] = ..., timeout: Optional[float] = ..., postprocess: None = ...,
+    chunk_size: Optional[int] = ..., max_request_bytes: Optional[int] = ...,
+) -> Iterator[SampleResponse]: ...
+@overload
+def sample_many(
+    client: SamplingClient, prompts: Iterable[Any], sampling_params: SamplingParams, *, num_samples: int = ...,
+    max_in_flight: Optional[int] = ..., on_error: Literal["raise"] = ..., progress: ProgressSpec = ...,
+    executor: Any = ..., total: Optional[int] = ..., timeout: Optional[float] = ...,
+    postprocess: Callable[[SampleResponse], T], chunk_size: Optional[int] = ...,
+    max_request_bytes: Optional[int] = ...,
+) -> Iterator[T]: ...
+@overload
+def sample_many(
+    client: SamplingClient, prompts: Iterable[Any], sampling_params: SamplingParams, *, num_samples: int = ...,
+    max_in_flight: Optional[int] = ..., on_error: Literal["record"], progress: ProgressSpec = ...,
+    executor: Any = ..., total: Optional[int] = ..., timeout: Optional[float] = ..., postprocess: None = ...,
+    chunk_size: Optional[int] = ..., max_request_bytes: Optional[int] = ...,
+) -> Iterator[Union[SampleResponse, BaseException]]: ...
+@overload
+def sample_many(
+    client: SamplingClient, prompts: Iterable[Any], sampling_params: SamplingParams, *, num_samples: int = ...,
+    max_in_flight: Optional[int] = ..., on_error: Literal["record"], progress: ProgressSpec = ...,
+    executor: Any = ..., total: Optional[int] = ..., timeout: Optional[float] = ...,
+    postprocess: Callable[[SampleResponse], T], chunk_size: Optional[int] = ...,
+    max_request_bytes: Optional[int] = ...,
+) -> Iterator[Union[T, BaseException]]: ...
+@overload
+def sample_many(
+    client: SamplingClient, prompts: Iterable[Any], sampling_params: SamplingParams, *, num_samples: int = ...,
+    max_in_flight: Optional[int] = ..., on_error: str = ..., progress: ProgressSpec = ..., executor: Any = ...,
+    total: Optional[int] = ..., timeout: Optional[float] = ...,
+    postprocess: Optional[Callable[[SampleResponse], Any]] = ..., chunk_size: Optional[int] = ...,
+    max_request_bytes: Optional[int] = ...,
+) -> Iterator[Any]: ...
 
 
 def sample_many(
