@@ -169,5 +169,8 @@ def test_finishing_a_session_cancels_its_work(fresh_server: Callable[..., LocalS
     ]
     api.ok(f"sessions/{session_id}/finish", {"reason": {"type": "interrupted"}, "detail": None})
     assert api.retrieve(request_id).status_code == 410
+    deadline = time.monotonic() + 5  # the worker sees the cancel at its next token, on its own thread
+    while server.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     stats = server.stats()
     assert stats["sessions_finished"] == 1 and stats["running"] == 0
