@@ -1,15 +1,25 @@
-"""The per-ServiceClient session: start-up handshake, shared limits, heartbeat and finish.
+"""The per-ServiceClient session: start-up handshake, shared limits, heartbeat, finish, exit hook.
 
 One :class:`Holder` per ServiceClient (the official SDK's "holder"): it owns the transport,
 the session id, the dispatch/backoff/response-byte limits shared by its sampling clients,
 the heartbeat thread and the telemetry reporter.
+
+Interpreter exit: ``concurrent.futures`` joins its worker threads at exit, and a worker
+blocked in a long poll would hold the interpreter until the poll returns; a session nobody
+finished keeps its queued generations running on the server until it expires. So an exit
+hook that runs first (hooks run last-registered first) closes every live sampling client
+(aborting blocked reads, cancelling pending work where the server enables it), then finishes
+every live session, each step bounded in time.
 """
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (registers its exit hook before ours)
+import functools
 import itertools
 import logging
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
@@ -19,8 +29,8 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import Config, __version__
 from ._http.transport import Transport
 from ._limits import SessionLimits
-from ._policy import Action, Phase, classify
-from .errors import APIError, APIStatusError, ClientClosedError, NotFoundError, TinkexError
+from ._policy import Action, Phase, SubmitPolicy, classify
+from .errors import APIConnectionError, APIError, APIStatusError, ClientClosedError, NotFoundError, TinkexError
 from .telemetry import TelemetryReporter
 from .types import (
     ClientConfig,
@@ -31,13 +41,17 @@ from .types import (
     SessionHeartbeatRequest,
 )
 
-__all__ = ["Holder", "SessionInfo", "HEARTBEAT_INTERVAL"]
+__all__ = ["Holder", "SessionInfo", "HEARTBEAT_INTERVAL", "register_for_exit", "unregister_for_exit", "close_all"]
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 10.0
 HEARTBEAT_WARN_AFTER = 120.0
 DYNAMIC_CONFIG_MIN_REFRESH = 10.0
+FINISH_TIMEOUT = 10.0  # how long close() spends finishing the session on the server
+EXIT_FINISH_TIMEOUT = 3.0  # the same at interpreter exit, where a dead server must not hold the process
+#: The generic holder retry (protocol.md 7.1 layer 2) around the initial dynamic_config fetch.
+START_RETRY = SubmitPolicy()
 
 
 @attrs.frozen
@@ -82,6 +96,10 @@ class Holder:
         self._listeners: list = []
         self.reporter: Optional[TelemetryReporter] = None
         self._closed = False
+        self.owns_session = True  # False for an adopted session (an unpickled clone): never finished here
+        self._owns_transport = transport is None  # an injected transport (a test's fake) is never derived
+        self._handshake_transport: Optional[Transport] = None  # the running handshake's own pool; guarded by _lock
+        register_for_exit(self)
 
     @property
     def info(self) -> SessionInfo:
@@ -109,53 +127,112 @@ class Holder:
         return self._run_handshake(pending) if starter else pending.result()
 
     def _run_handshake(self, pending: Future[SessionInfo]) -> SessionInfo:
+        transport = self._open_handshake_transport()
         try:
-            info = self._handshake()
+            info = self._handshake(transport)
             with self._lock:
                 if self._closed:
                     raise ClientClosedError("the ServiceClient was closed during start-up")
                 self._info = info
                 self._start_background()
         except BaseException as exc:
-            if self._closed and not isinstance(exc, ClientClosedError):
-                exc = ClientClosedError(f"the ServiceClient was closed during start-up ({exc})")
-            with self._lock:
-                self._starting = None  # a later call may try again
+            if (self._closed or transport.stop_event.is_set()) and not isinstance(exc, ClientClosedError):
+                exc = ClientClosedError(f"the ServiceClient's start-up was stopped ({exc})")
+            self._end_handshake(transport, pending)
             pending.set_exception(exc)
             raise exc from None
+        self._end_handshake(transport, pending)
         pending.set_result(info)
         return info
+
+    def _open_handshake_transport(self) -> Transport:
+        """The handshake's own pool and stop event, so :meth:`abandon_start` can stop it alone."""
+        transport = self.transport.derive(pool_size=2) if self._owns_transport else self.transport
+        with self._lock:
+            self._handshake_transport = transport
+            closed = self._closed
+        if closed:
+            transport.close()
+        return transport
+
+    def _end_handshake(self, transport: Transport, pending: Future[SessionInfo]) -> None:
+        with self._lock:
+            if self._starting is pending:  # (abandon_start may have made way for a newer one)
+                self._starting = None  # a later call may try again, or finds _info set
+            if self._handshake_transport is transport:
+                self._handshake_transport = None
+        if transport is not self.transport:
+            transport.close()
+
+    def abandon_start(self) -> None:
+        """Stop a handshake in progress (its caller gave up waiting); a later :meth:`start` begins anew.
+
+        Everything waiting for that handshake gets :class:`ClientClosedError`. A no-op once the
+        session exists, or when the transport was injected.
+        """
+        with self._lock:
+            transport = self._handshake_transport if self._info is None else None
+            if transport is None or transport is self.transport:
+                return
+            self._starting = self._handshake_transport = None  # the next start() does not join this one
+        transport.close()
 
     def adopt(self, info: SessionInfo) -> None:
         """Join an existing session (an unpickled client): no create_session, own heartbeat."""
         with self._lock:
+            self.owns_session = False
             if self._info is None:
                 self._configure_limits(info.client_config)
                 self._info = info
                 self._start_background()
 
-    def _handshake(self) -> SessionInfo:
+    def _handshake(self, transport: Transport) -> SessionInfo:
         client_config = ClientConfig.from_json(
-            self.transport.request("POST", "client/config", body={"sdk_version": __version__}).json("client/config")
+            transport.request("POST", "client/config", body={"sdk_version": __version__}).json("client/config")
         )
         if client_config.pjwt_auth_enabled:
-            self._exchange_jwt()
-        dynamic = self._fetch_dynamic_config()
+            self._exchange_jwt(transport)
+        dynamic = self._fetch_dynamic_config_at_start(transport)
         self._configure_limits(client_config)
-        session_id = self._create_session()
+        session_id = self._create_session(transport)
         logger.info("Session %s created on %s", session_id, self.config.base_url)
         return SessionInfo(session_id=session_id, client_config=client_config, dynamic_config=dynamic)
 
-    def _exchange_jwt(self) -> None:
-        answer = self.transport.request("POST", "auth/token", body={}).json("auth/token")
+    def _exchange_jwt(self, transport: Transport) -> None:
+        answer = transport.request("POST", "auth/token", body={}).json("auth/token")
         jwt = answer.get("jwt") if isinstance(answer, dict) else None
         if not isinstance(jwt, str) or not jwt:
             raise TinkexError("auth/token answered without a jwt")
+        transport.set_credential(jwt)
         self.transport.set_credential(jwt)
 
-    def _fetch_dynamic_config(self) -> DynamicConfig:
+    def _fetch_dynamic_config_at_start(self, transport: Transport) -> DynamicConfig:
+        """The initial fetch, inside the generic holder retry (protocol.md 4.2, 7.1 layer 2).
+
+        Timeouts, connection errors, 408/409/429 and 5xx are tried again after 1, 2, 4 ... s
+        within ``START_RETRY.window``; 404 means "use the defaults"; anything else aborts.
+        """
+        started, failures = self.clock.monotonic(), 0
+        while True:
+            try:
+                return self._fetch_dynamic_config(transport)
+            except APIStatusError as exc:
+                if classify(Phase.SUBMIT, exc.status_code) not in (Action.RETRY, Action.BACKOFF):
+                    raise
+                error: TinkexError = exc
+            except APIConnectionError as exc:
+                error = exc
+            failures += 1
+            delay = START_RETRY.resend_delay(failures)
+            if self.clock.monotonic() + delay - started > START_RETRY.window:
+                raise error
+            logger.debug("client/dynamic_config failed (%s); trying again in %.0f s", error, delay)
+            if self.clock.sleep(delay, transport.stop_event):
+                raise ClientClosedError("the ServiceClient's start-up was stopped") from error
+
+    def _fetch_dynamic_config(self, transport: Optional[Transport] = None) -> DynamicConfig:
         try:
-            answer = self.transport.request(
+            answer = (transport or self.transport).request(
                 "POST", "client/dynamic_config", body={"sdk_version": __version__}, read_timeout=10.0, max_retries=0
             )
         except NotFoundError:
@@ -166,13 +243,13 @@ class Holder:
         self.limits.configure(dispatch_bytes=client_config.sample_dispatch_bytes_semaphore_size,
                               response_bytes=client_config.inflight_response_bytes_semaphore_size)
 
-    def _create_session(self) -> str:
+    def _create_session(self, transport: Optional[Transport] = None) -> str:
         request = CreateSessionRequest(
             tags=list(self.config.tags), user_metadata=self._user_metadata, sdk_version=__version__,
             project_id=self.config.project_id, display_name=self.config.display_name,
         )
         answer = CreateSessionResponse.from_json(
-            self.transport.request("POST", "create_session", body=request).json("create_session")
+            (transport or self.transport).request("POST", "create_session", body=request).json("create_session")
         )
         for level, message in ((logging.INFO, answer.info_message), (logging.WARNING, answer.warning_message),
                                (logging.ERROR, answer.error_message)):
@@ -283,21 +360,29 @@ class Holder:
                 listener(dynamic)
         return max(dynamic.refresh_interval_sec, DYNAMIC_CONFIG_MIN_REFRESH)
 
-    def close(self, reason: str = "success", detail: Optional[str] = None, *, finish: bool = True) -> None:
-        """Finish the session, stop the heartbeat and telemetry, close the pool; idempotent."""
+    def close(self, reason: str = "success", detail: Optional[str] = None, *, finish: bool = True,
+              finish_timeout: float = FINISH_TIMEOUT) -> None:
+        """Finish the session, stop the heartbeat and telemetry, close the pool; idempotent.
+
+        A handshake still running is aborted at once (its waiters get
+        :class:`ClientClosedError`); finishing the session takes at most ``finish_timeout`` s.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            info = self._info
+            info, handshake = self._info, self._handshake_transport
+        if handshake is not None:
+            handshake.close()  # aborts its blocked reads and retry waits
         if info is not None and finish:
-            self._finish(info.session_id, reason, detail)
+            self._finish(info.session_id, reason, detail, finish_timeout)
         if self.reporter is not None:
             self.reporter.close()
         self.transport.close()  # also sets stop_event and aborts a heartbeat blocked in a read
         self.wake_waiters()
         if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
             self._heartbeat.join(timeout=15.0)
+        unregister_for_exit(self)
 
     def wake_waiters(self) -> None:
         """Make every call queued on the shared limits re-check its stop event now."""
@@ -309,11 +394,11 @@ class Holder:
         if reporter is not None:
             reporter.exception(exc)
 
-    def _finish(self, session_id: str, reason: str, detail: Optional[str]) -> None:
+    def _finish(self, session_id: str, reason: str, detail: Optional[str], timeout: float) -> None:
         try:
             self.transport.request(
                 "POST", f"sessions/{session_id}/finish", body=FinishSessionRequest(reason=reason, detail=detail),
-                max_retries=2, read_timeout=10.0,
+                max_retries=2, read_timeout=timeout, deadline=self.clock.monotonic() + timeout,
             )
         except TinkexError as exc:
             logger.warning("Could not finish session %s: %s", session_id, exc)
@@ -324,3 +409,58 @@ class Holder:
 
     def describe(self) -> Any:
         return {"base_url": self.config.base_url, "session_id": self._info.session_id if self._info else None}
+
+
+# -- interpreter exit ----------------------------------------------------------------------------
+
+_live_clients: weakref.WeakSet[Any] = weakref.WeakSet()
+_live_holders: weakref.WeakSet[Holder] = weakref.WeakSet()
+_exit_lock = threading.Lock()  # guards both sets against concurrent register/close_all
+
+
+def register_for_exit(client: Any) -> None:
+    """Close ``client`` (a SamplingClient, or a :class:`Holder`) at interpreter exit unless closed before."""
+    with _exit_lock:
+        (_live_holders if isinstance(client, Holder) else _live_clients).add(client)
+
+
+def unregister_for_exit(client: Any) -> None:
+    with _exit_lock:
+        (_live_holders if isinstance(client, Holder) else _live_clients).discard(client)
+
+
+def close_all() -> None:
+    """Close every live client, then finish every live session; errors are logged, never raised.
+
+    Runs at exit. Clients go first: closing one cancels its pending futures, tells the server to
+    drop requests still being polled (when its dynamic config enables ``cancel_future``) and
+    aborts blocked reads. Then each session is finished (the server ends its queued work), each
+    within ``EXIT_FINISH_TIMEOUT`` seconds.
+    """
+    with _exit_lock:
+        clients, holders = list(_live_clients), list(_live_holders)
+    for client in clients:
+        _quietly(client.close)
+    for holder in holders:
+        _quietly(functools.partial(holder.close, "success", "the interpreter exited without close()",
+                                   finish=holder.owns_session, finish_timeout=EXIT_FINISH_TIMEOUT))
+
+
+def _quietly(close: Callable[[], None]) -> None:
+    try:
+        close()
+    except Exception:
+        logger.debug("closing a client at exit failed", exc_info=True)
+
+
+def _install_exit_hook() -> None:
+    register_hook = getattr(threading, "_register_atexit", None)
+    if register_hook is not None:
+        register_hook(close_all)
+    else:  # pragma: no cover - very old interpreters
+        import atexit
+
+        atexit.register(close_all)
+
+
+_install_exit_hook()

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, List
 
 import attrs
 
-from . import _lifecycle
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import redact_error
 from ._http import Transport
@@ -32,7 +31,7 @@ from ._sampling.snapshot import SampleCall, Snapshot
 from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
 from ._sampling.submit import Submitter
 from ._sampling.target import CLONE_SEQ_STRIDE, SamplingTarget, TargetSpec
-from ._session import Holder
+from ._session import Holder, register_for_exit, unregister_for_exit
 from .errors import ClientClosedError, TinkexError, ValidationError
 from .queue_state import QueueStateLogger, QueueStateReporter
 from .telemetry import Telemetry
@@ -121,7 +120,7 @@ class SamplingClient:
         self._ready: APIFuture[SamplingClient] = APIFuture()
         self._init_thread = threading.Thread(target=self._initialise, name="tinkex-sampling-init", daemon=True)
         self._init_thread.start()
-        _lifecycle.register(self)
+        register_for_exit(self)
 
     # -- initialisation (on the dedicated init thread) ---------------------------------------
 
@@ -500,7 +499,7 @@ class SamplingClient:
             engine.executor.shutdown(wait=True)
         if self._ownership.owns_holder:
             self._holder.close(finish=not self._ownership.clone)
-        _lifecycle.unregister(self)
+        unregister_for_exit(self)
 
     @property
     def closed(self) -> bool:

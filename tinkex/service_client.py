@@ -135,6 +135,8 @@ class ServiceClient:
             client = self._client_of(future)
             if client is not None:
                 client.close()
+            if not any(not other._ready.done() for other in self._clients if other is not client):
+                self._holder.abandon_start()  # nobody else waits for the start-up: stop it too
             raise APITimeoutError(f"the sampling client was not ready within {timeout} s", url=self.config.base_url
                                   ) from None
 

@@ -23,7 +23,7 @@ from tinkex._wire.proto import encode_sample_response
 from tinkex.types import SampledSequence, SampleResponse, StopReason
 
 __all__ = ["HostileServer", "SilentListener", "Recorded", "reply", "json_reply", "stall", "trickle", "flood",
-           "raw", "redirect", "sse", "unused_port", "RESULT_TOKENS", "SESSION", "SSID", "ASAMPLE_PATH"]
+           "raw", "redirect", "drop", "then", "sse", "unused_port", "RESULT_TOKENS", "SESSION", "SSID", "ASAMPLE_PATH"]
 
 SESSION = "sess-hostile"
 SSID = f"{SESSION}:sample:0"
@@ -117,6 +117,25 @@ def raw(data: bytes) -> Behaviour:
     def behave(handler: _Handler) -> None:
         handler.close_connection = True
         handler.wfile.write(data)
+    return behave
+
+
+def drop() -> Behaviour:
+    """Read the request, then close the connection without a byte of answer."""
+    def behave(handler: _Handler) -> None:
+        handler.close_connection = True
+    return behave
+
+
+def then(first: Behaviour, times: int, after: Behaviour) -> Behaviour:
+    """``first`` for the first ``times`` requests, ``after`` for every later one."""
+    lock, served = threading.Lock(), [0]
+
+    def behave(handler: _Handler) -> None:
+        with lock:
+            served[0] += 1
+            count = served[0]
+        (first if count <= times else after)(handler)
     return behave
 
 
