@@ -172,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_stop: threading.Event
     owner: HostileServer
+    request_body: bytes = b""
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -179,6 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        self.request_body = body  # what this request sent, for behaviours that answer by content
         path = self.path.split("?", 1)[0]
         self.owner._record(Recorded(self.command, path, dict(self.headers.items()), body))
         behaviour = self.owner.behaviour(path)

@@ -20,10 +20,11 @@ from typing import Any, Iterator, List, Tuple, Type
 
 import requests
 import urllib3.exceptions
+from urllib3.util.response import assert_header_parsing
 
-from ..errors import APIConnectionError, APITimeoutError
+from ..errors import APIConnectionError, APITimeoutError, DecodeError
 
-__all__ = ["library_error", "is_timeout", "LIBRARY_ERRORS"]
+__all__ = ["library_error", "is_timeout", "check_headers", "LIBRARY_ERRORS"]
 
 #: What the HTTP layer catches around a send or a read; anything else is a bug and propagates.
 LIBRARY_ERRORS: Tuple[Type[BaseException], ...] = (
@@ -92,3 +93,25 @@ def library_error(what: str, url: str, exc: BaseException) -> APIConnectionError
     """The tinkex error for ``exc``, raised by ``requests``/``urllib3``/a socket during ``what`` on ``url``."""
     cls = APITimeoutError if is_timeout(exc) else APIConnectionError
     return cls(f"{what} {url} failed: {describe(exc)}", url=url)
+
+
+def check_headers(raw: Any, url: str) -> None:
+    """Fail fast on response headers the parser could not read whole.
+
+    A bare CR inside a header ends the parsed headers there; ``http.client`` keeps the rest as
+    unparsed data, so a ``Content-Length`` after it is lost and the body would be read until the
+    server closes the connection (often never: the call then hangs until its deadline).
+    urllib3 only logs this; here it is a :class:`DecodeError` at once.
+
+    Args:
+        raw: the urllib3 response (its ``http.client`` response holds the parsed headers).
+        url: for the message.
+    """
+    message = getattr(getattr(raw, "_original_response", None), "msg", None)
+    if message is None:
+        return
+    try:
+        assert_header_parsing(message)
+    except urllib3.exceptions.HeaderParsingError:
+        raise DecodeError(f"{url} answered malformed response headers (a bare CR or a line that is not a "
+                          f"header); the answer is not read") from None

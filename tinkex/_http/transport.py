@@ -25,8 +25,8 @@ from .._logging import LazyRequestId
 from .._policy import Action, HTTPRetryPolicy, Phase, classify, parse_retry_after
 from .._policy import is_bare_400 as _bare_400
 from .._wire import codec as _codec
-from ..errors import APIConnectionError, APIStatusError, APITimeoutError, TinkexError, status_error_class
-from .errors import LIBRARY_ERRORS, library_error
+from ..errors import APIConnectionError, APIStatusError, APITimeoutError, DecodeError, TinkexError, status_error_class
+from .errors import LIBRARY_ERRORS, check_headers, library_error
 from .pool import REDIRECTS, TrackingAdapter, UrlOnly
 from .sse import EventStream
 from .watchdog import Abort, DeadlineWatchdog, abortable
@@ -70,6 +70,9 @@ class Sender(Protocol):
 
     @property
     def stop_event(self) -> threading.Event: ...
+
+    @property
+    def max_response_bytes(self) -> int: ...
 
     def url(self, path: str) -> str: ...
 
@@ -206,6 +209,11 @@ class Transport:
     @property
     def base_url(self) -> str:
         return self.config.base_url
+
+    @property
+    def max_response_bytes(self) -> int:
+        """The largest answer body this transport reads (``Config.max_response_bytes``)."""
+        return self.config.max_response_bytes
 
     def set_credential(self, credential: str) -> None:
         """Use ``credential`` (for example an exchanged JWT) as ``X-API-Key`` from now on."""
@@ -361,6 +369,7 @@ class Transport:
         except LIBRARY_ERRORS as exc:
             raise library_error(method, url, exc) from None
         try:
+            check_headers(raw, url)
             content = None if raw.status in REDIRECTS else self._read_direct(raw, url, deadline)
         except BaseException:
             raw.close()  # an unread remainder must not go back to the pool
@@ -407,9 +416,15 @@ class Transport:
         url = self.url(path)
         timeouts = self._timeouts(read_timeout, deadline)
         try:
-            return self._send(method, url, payload, headers, timeouts)
+            response = self._send(method, url, payload, headers, timeouts)
         except LIBRARY_ERRORS as exc:
             raise library_error(method, url, exc) from None
+        try:
+            check_headers(response.raw, response.url)
+        except DecodeError:
+            response.close()
+            raise
+        return response
 
     def _send(
         self, method: str, url: str, payload: Optional[bytes], headers: Mapping[str, str], timeouts: tuple

@@ -18,6 +18,7 @@ import attrs
 from .._clock import Clock
 from .._limits import SessionLimits
 from .._policy import retries_whole_call
+from .._wire.bounds import ResultBounds
 from ..errors import (
     APIConnectionError,
     APITimeoutError,
@@ -183,7 +184,7 @@ class Sampler:
             on_event=self._on_poll_event,
             reserve_bytes=lambda n: budget.hold(n, stop=self.stop, deadline=call.deadline, clock=self.clock),
             billing_window=state.billing_window, abort=call.abort, watchdog=lambda: self._check_progress(state),
-            allow_metadata_only=allow_metadata_only,
+            allow_metadata_only=allow_metadata_only, bounds=ResultBounds.for_request(call.body),
         )
 
     def _on_poll_event(self, event: str) -> None:

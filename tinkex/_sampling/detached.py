@@ -19,7 +19,7 @@ from ..errors import TinkexError
 from ..types import SamplePromise, SampleResponse
 from .call import Progress, Sampler
 from .future import Cancelled, Final
-from .poll import poll_result
+from .poll import check_declared_size, poll_result
 from .poller import Completion, CompletionPoller
 from .snapshot import SampleCall, Snapshot
 
@@ -103,6 +103,7 @@ class DetachedRun:
         hold = (budget.hold(completion.size, stop=sampler.stop, deadline=self._call.deadline, clock=sampler.clock)
                 if completion.size else contextlib.nullcontext())
         try:
+            check_declared_size(sampler.transport, request_id, completion.size or 0)
             with hold:
                 result = poll_result(ctx, request_id)
         finally:

@@ -22,6 +22,7 @@ from .._http import Abort, Response, Sender
 from .._http.transport import BODY_EXCERPT_CHARS
 from .._policy import Action, Phase, PollPolicy, classify
 from .._wire import codec
+from .._wire.bounds import ResultBounds
 from ..errors import (
     APIConnectionError,
     APITimeoutError,
@@ -40,7 +41,7 @@ from ..types import (
 from .billing import BillingPause
 from .future import Cancelled, Final
 
-__all__ = ["PollContext", "poll_result", "parse_future_answer", "FutureAnswer"]
+__all__ = ["PollContext", "poll_result", "parse_future_answer", "FutureAnswer", "check_declared_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class PollContext:
     watchdog: Callable[[], None] = lambda: None
     headers: Mapping[str, str] = attrs.field(factory=dict)
     request_type: str = "Sample"
+    bounds: ResultBounds = ResultBounds()  # what the request can produce (tinkex._wire.bounds)
 
 
 @attrs.define
@@ -233,8 +235,11 @@ def _handle_ok(
     ctx: PollContext, request_id: str, state: _PollState, response: Response, reservations: ExitStack
 ) -> Optional[SampleResponse]:
     if "application/x-protobuf" in response.content_type:
-        return codec.decode_sample_result(response.content, response.content_type)
-    answer = parse_future_answer(response.json("retrieve_future answer"), request_id)
+        return codec.decode_sample_result(response.content, response.content_type, ctx.bounds)
+    ctx.bounds.check_json_size(len(response.content), "retrieve_future answer")
+    body = response.json("retrieve_future answer")
+    ctx.bounds.check_json_result(body, "retrieve_future answer")
+    answer = parse_future_answer(body, request_id)
     if isinstance(answer, TryAgainResponse):
         # The official SDK warns on every try_again; at hundreds in flight that is noise, and
         # pauses already reach the observer, so it is a debug line here.
@@ -246,6 +251,7 @@ def _handle_ok(
     if isinstance(answer, CompleteMetadataResponse):
         if not state.allow_metadata_only:  # a metadata answer to a poll that asked for the result
             raise DecodeError("retrieve_future answered complete_metadata to allow_metadata_only=false")
+        check_declared_size(ctx.transport, request_id, answer.response_payload_size)
         if answer.response_payload_size > 0:
             reservations.enter_context(ctx.reserve_bytes(answer.response_payload_size))
         state.allow_metadata_only = False
@@ -253,6 +259,21 @@ def _handle_ok(
     if isinstance(answer, RequestFailedResponse):
         raise Final(_failed(request_id, answer))
     return answer
+
+
+def check_declared_size(transport: Sender, request_id: str, size: int) -> None:
+    """A result declared larger than the client will read fails now, instead of holding the
+    session's response-byte budget (and every other download) while it is fetched in vain.
+
+    Raises:
+        Final: wrapping a :class:`DecodeError` that names the size and ``max_response_bytes``.
+    """
+    limit = transport.max_response_bytes
+    if size > limit:
+        raise Final(DecodeError(
+            f"retrieve_future declared a {size}-byte result for request {request_id}, over "
+            f"max_response_bytes={limit}"
+        ))
 
 
 def _failed(request_id: str, answer: RequestFailedResponse) -> RequestFailedError:

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Optional, Tuple, Union
 from ..errors import DecodeError, ValidationError
 from ..types import SampleResponse
 from . import proto as _proto
+from .bounds import ResultBounds
 
 __all__ = ["dumps", "loads", "decode_sample_result", "PROTOBUF_CONTENT_TYPE"]
 
@@ -132,20 +133,27 @@ def _excerpt(text: str, pos: int) -> str:
     return f"{prefix}{piece!r}{suffix}"
 
 
-def decode_sample_result(body: bytes, content_type: Optional[str]) -> SampleResponse:
+def decode_sample_result(body: bytes, content_type: Optional[str],
+                         bounds: Optional[ResultBounds] = None) -> SampleResponse:
     """Decode a finished sample result from ``retrieve_future``.
 
     Protobuf (section 6) when ``content_type`` contains ``application/x-protobuf``, otherwise
     the legacy JSON form (section 6.4). Both give equal values for the same result.
 
+    ``bounds`` (what the request can produce) refuses a larger answer before it is built.
+
     Raises:
-        DecodeError: the body does not decode.
+        DecodeError: the body does not decode, or holds more than ``bounds`` allow.
 
     Example:
         >>> body = b'{"sequences":[{"tokens":[36],"stop_reason":"length"}]}'
         >>> decode_sample_result(body, "application/json").sequences[0].tokens
         [36]
     """
+    bounds = bounds or ResultBounds()
     if content_type and PROTOBUF_CONTENT_TYPE in content_type.lower():
-        return _proto.decode_sample_response(body)
-    return SampleResponse.from_json(loads(body, what="sample result"))
+        return _proto.decode_sample_response(body, bounds)
+    bounds.check_json_size(len(body), "sample result")
+    value = loads(body, what="sample result")
+    bounds.check_json_result(value, "sample result")
+    return SampleResponse.from_json(value)

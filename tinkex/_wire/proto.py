@@ -33,9 +33,12 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 
 from ..errors import DecodeError, ValidationError
 from ..types import SampledSequence, SampleResponse, StopReason, TopkLogprobs
+from .bounds import ResultBounds
 from .proto_tensor import Framing, read_alt_tokens, read_tensor
 
 __all__ = ["decode_sample_response", "encode_sample_response"]
+
+_UNBOUNDED = ResultBounds()
 
 if array("i").itemsize != 4 or array("f").itemsize != 4:  # pragma: no cover - no such CPython platform known
     raise ImportError("tinkex._wire.proto needs 4-byte C int and float arrays")
@@ -233,7 +236,23 @@ def _stop_reason(value: int, key_pos: int) -> StopReason:
     return reason
 
 
-def _read_sequence(buf: bytes, start: int, end: int) -> SampledSequence:
+def _check_rows(count: int, limit: Optional[int], name: str, offset: int) -> None:
+    if limit is not None and count > limit:
+        raise DecodeError(f"{name}: {count} entries, more than the request can produce ({limit})", offset=offset)
+
+
+def _check_span(span: Optional[_Span], limit: Optional[int], name: str) -> None:
+    if span is not None:
+        _check_rows((span.stop - span.start) // 4, limit, name, span.start)
+
+
+def _check_topk(parts: Optional[_TopkParts], rows: Optional[int], k: Optional[int], name: str) -> None:
+    if parts is not None and parts.k and parts.length:
+        _check_rows(parts.length, rows, f"{name}.length", parts.offset)
+        _check_rows(parts.k, k, f"{name}.k", parts.offset)
+
+
+def _read_sequence(buf: bytes, start: int, end: int, bounds: ResultBounds = _UNBOUNDED) -> SampledSequence:
     stop_reason = StopReason.STOP
     tokens: Optional[_Span] = None
     logprobs: Optional[_Span] = None
@@ -251,6 +270,9 @@ def _read_sequence(buf: bytes, start: int, end: int) -> SampledSequence:
         elif number == 4:
             _expect(wire, _LENGTH_DELIMITED, "SampledSequence.topk_sampled_logprobs", key_pos)
             topk = _read_topk(buf, value, stop, topk)
+    _check_span(tokens, bounds.max_tokens, "SampledSequence.tokens")
+    _check_span(logprobs, bounds.max_tokens, "SampledSequence.logprobs")
+    _check_topk(topk, bounds.max_tokens, bounds.max_sample_k, "SampledSequence.topk_sampled_logprobs")
     return SampledSequence(
         tokens=[] if tokens is None else _unpack(buf, tokens, "i", "SampledSequence.tokens"),
         logprobs=_float_list(buf, logprobs, "SampledSequence.logprobs"),
@@ -259,11 +281,14 @@ def _read_sequence(buf: bytes, start: int, end: int) -> SampledSequence:
     )
 
 
-def decode_sample_response(data: Buffer) -> SampleResponse:
+def decode_sample_response(data: Buffer, bounds: ResultBounds = _UNBOUNDED) -> SampleResponse:
     """Decode a protobuf ``SampleResponse`` body.
 
     Args:
         data: the response body (``Content-Type: application/x-protobuf``).
+        bounds: what the request can produce; more sequences, tokens or rows than that are a
+            :class:`DecodeError` found before they are built (a body of empty sequences would
+            otherwise become one object per two bytes).
 
     Returns:
         The result; its sequences have no ``sequence_id`` yet (that comes from the promise).
@@ -284,11 +309,12 @@ def decode_sample_response(data: Buffer) -> SampleResponse:
     prompt_logprobs: Optional[_Span] = None
     topk: Optional[_TopkParts] = None
     cache_hits = 0
-    extras: dict = {5: b"", 6: b"", "present": set()}  # a repeated message field merges its occurrences
+    extras: dict = {5: [], 6: [], "present": set()}  # a repeated message field merges its occurrences
     for key_pos, number, wire, value, stop in _walk(buf, 0, len(buf)):
         if number == 1:
             _expect(wire, _LENGTH_DELIMITED, "SampleResponse.sequences", key_pos)
-            sequences.append(_read_sequence(buf, value, stop))
+            _check_rows(len(sequences) + 1, bounds.max_sequences, "SampleResponse.sequences", key_pos)
+            sequences.append(_read_sequence(buf, value, stop, bounds))
         elif number == 2:
             _expect(wire, _LENGTH_DELIMITED, "SampleResponse.prompt_logprobs", key_pos)
             prompt_logprobs = _Span(value, stop)
@@ -300,8 +326,10 @@ def decode_sample_response(data: Buffer) -> SampleResponse:
             cache_hits = _as_int32(value)
         elif number == 5 or number == 6:
             _expect(wire, _LENGTH_DELIMITED, f"SampleResponse field {number}", key_pos)
-            extras[number] += buf[value:stop]
+            extras[number].append(_Span(value, stop))  # joined once: += per piece is quadratic
             extras["present"].add(number)
+    _check_span(prompt_logprobs, bounds.max_prompt_rows, "SampleResponse.prompt_logprobs")
+    _check_topk(topk, bounds.max_prompt_rows, bounds.max_prompt_k, "SampleResponse.topk_prompt_logprobs")
     return SampleResponse(
         sequences=sequences,
         prompt_logprobs=_prompt_logprobs(buf, prompt_logprobs),
@@ -315,10 +343,12 @@ def _read_extras(buf: bytes, extras: dict) -> dict:
     """Fields 5 and 6 (their bytes, merged), decoded when present."""
     framing = Framing(walk=_walk, expect=_expect, read_varint=_read_varint)
     out: Dict[str, Any] = {}
+    view = memoryview(buf)
     if 5 in extras["present"]:
-        out["target_prompt_logprobs"] = read_tensor(framing, extras[5], "target_prompt_logprobs")
+        joined = b"".join(view[span.start:span.stop] for span in extras[5])
+        out["target_prompt_logprobs"] = read_tensor(framing, joined, "target_prompt_logprobs")
     if 6 in extras["present"]:
-        out["prompt_alt_tokens"] = read_alt_tokens(framing, extras[6])
+        out["prompt_alt_tokens"] = read_alt_tokens(framing, b"".join(view[span.start:span.stop] for span in extras[6]))
     return out
 
 
