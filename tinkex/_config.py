@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -18,7 +19,8 @@ import attrs
 
 from .errors import TinkexError, ValidationError
 
-__all__ = ["Config", "DEFAULT_BASE_URL", "__version__", "redact_key", "redact_error", "check_api_key"]
+__all__ = ["Config", "DEFAULT_BASE_URL", "__version__", "redact_key", "redact_error", "redact_text", "secret_forms",
+           "check_api_key"]
 
 #: The SDK's version, sent to the server (``sdk_version``, the User-Agent). Kept in
 #: ``tinkex/VERSION`` so packaging reads it without importing tinkex.
@@ -43,19 +45,66 @@ def redact_key(key: Optional[str]) -> str:
     return key[:4] + "…" if key.startswith(("tml-", "eyJ")) else "<redacted>"
 
 
+_REDACTED = "<redacted>"
+
+
+def secret_forms(secret: str) -> Tuple[str, ...]:
+    """Every spelling of ``secret`` a message may carry, longest first.
+
+    A server may quote the key back JSON-escaped or URL-encoded, and Python shows text
+    repr-escaped (a ``DecodeError`` excerpt, an exception's ``args``), with either quote
+    escaped; a key containing a backslash or a quote differs in each. One level of nesting is
+    covered too (the repr of a JSON-escaped key, as in an excerpt of a JSON body).
+
+    Example:
+        >>> secret_forms("tml-a/b")
+        ('tml-a%252Fb', 'tml-a%2Fb', 'tml-a/b')
+    """
+    if not secret:
+        return ()
+    forms = {secret}
+    for _ in range(2):
+        forms |= {escaped for form in forms for escaped in _escapes(form)}
+    return tuple(sorted(forms, key=lambda form: (-len(form), form)))
+
+
+def _escapes(text: str) -> Tuple[str, ...]:
+    backslashed = text.replace("\\", "\\\\")
+    return (
+        backslashed, backslashed.replace("'", "\\'"), backslashed.replace('"', '\\"'),
+        backslashed.replace("'", "\\'").replace('"', '\\"'),
+        json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1],
+        urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text), urllib.parse.quote(text),
+    )
+
+
+def redact_text(text: str, secret: str) -> str:
+    """``text`` with every form of ``secret`` (see :func:`secret_forms`) replaced by ``<redacted>``."""
+    if secret:
+        for form in secret_forms(secret):
+            if form in text:
+                text = text.replace(form, _REDACTED)
+    return text
+
+
+def _mentions(text: str, secret: str) -> bool:
+    return any(form in text for form in secret_forms(secret))
+
+
 def redact_error(exc: BaseException, secret: str) -> BaseException:
-    """Remove ``secret`` from a tinkex error's message and body excerpt, in place; returns it.
+    """Remove ``secret``, in every form, from a tinkex error's text attributes, in place; returns it.
 
     A server may quote the key back (in a failed future's text, a body that fails to decode);
     errors reach the caller's logs and tracebacks, so the key is cut out on the way.
     """
-    if secret and isinstance(exc, TinkexError) and secret in str(exc.__dict__):
-        exc.message = exc.message.replace(secret, "<redacted>")
-        exc.args = (exc.message,)
-        body = getattr(exc, "body", None)
-        if isinstance(body, str):
-            exc.body = body.replace(secret, "<redacted>")  # type: ignore[attr-defined]
-    if secret and _chain_mentions(exc, secret):
+    if not secret:
+        return exc
+    if isinstance(exc, TinkexError):
+        for name, value in list(vars(exc).items()):
+            if isinstance(value, str) and _mentions(value, secret):
+                setattr(exc, name, redact_text(value, secret))
+        exc.args = tuple(redact_text(arg, secret) if isinstance(arg, str) else arg for arg in exc.args)
+    if _chain_mentions(exc, secret):
         # A library error kept as context (a JSONDecodeError holds the whole document) would
         # carry the key into tracebacks and pickles; the tinkex error already says what failed.
         exc.__cause__ = exc.__context__ = None
@@ -65,8 +114,8 @@ def redact_error(exc: BaseException, secret: str) -> BaseException:
 
 def _chain_mentions(exc: BaseException, secret: str) -> bool:
     for linked in (exc.__cause__, exc.__context__):
-        if linked is not None and (secret in repr(linked) or secret in str(vars(linked))
-                                   or secret in str(getattr(linked, "doc", ""))):
+        if linked is not None and (_mentions(repr(linked), secret) or _mentions(str(vars(linked)), secret)
+                                   or _mentions(str(getattr(linked, "doc", "")), secret)):
             return True
     return False
 

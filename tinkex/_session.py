@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import Config, __version__
+from ._config import Config, __version__, redact_error
 from ._http.transport import Transport
 from ._limits import SessionLimits
 from ._policy import Action, Phase, SubmitPolicy, classify
@@ -138,6 +138,7 @@ class Holder:
         except BaseException as exc:
             if (self._closed or transport.stop_event.is_set()) and not isinstance(exc, ClientClosedError):
                 exc = ClientClosedError(f"the ServiceClient's start-up was stopped ({exc})")
+            redact_error(exc, self.config.api_key)  # a handshake answer may quote the key back
             self._end_handshake(transport, pending)
             pending.set_exception(exc)
             raise exc from None

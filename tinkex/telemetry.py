@@ -32,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._config import redact_text
 from ._policy import is_user_error_status
 from .errors import ValidationError
 
@@ -204,7 +205,7 @@ if hasattr(os, "register_at_fork"):
 def _scrub(text: str, secrets: Iterable[str]) -> str:
     """Remove anything that looks like a credential, and cap the length."""
     for secret in secrets:
-        text = text.replace(secret, _REDACTED)
+        text = redact_text(text, secret)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + _REDACTED, text)
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"

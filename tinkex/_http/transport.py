@@ -7,11 +7,14 @@ above this package sees a ``requests`` exception. What to do with a status is as
 
 from __future__ import annotations
 
+import codecs
+import json
 import logging
 import platform
+import re
 import threading
 import uuid
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Tuple, Union
 from urllib.parse import urlsplit
 
 import attrs
@@ -20,7 +23,7 @@ import urllib3
 from requests.cookies import RequestsCookieJar, merge_cookies
 
 from .._clock import SYSTEM_CLOCK, Clock
-from .._config import Config, __version__
+from .._config import Config, __version__, redact_text
 from .._logging import LazyRequestId
 from .._policy import Action, HTTPRetryPolicy, Phase, classify, parse_retry_after
 from .._policy import is_bare_400 as _bare_400
@@ -90,22 +93,67 @@ class Sender(Protocol):
 
 
 class _Session(requests.Session):
-    """A Session that drops every credential header when a redirect leaves the original host."""
+    """A Session that drops every credential header, and every header the user added
+    (``default_headers``), when a redirect leaves the original host."""
+
+    private_headers: Tuple[str, ...] = _CREDENTIAL_HEADERS
 
     def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
         super().rebuild_auth(prepared_request, response)
         if self.should_strip_auth(response.request.url, prepared_request.url):
-            for name in _CREDENTIAL_HEADERS:
+            for name in self.private_headers:
                 prepared_request.headers.pop(name, None)
 
 
 def _excerpt(content: bytes, secret: str) -> str:
-    text = content[: BODY_EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    if secret:
-        text = text.replace(secret, "<redacted>")
+    text = redact_text(_clean_json(_readable(content[: BODY_EXCERPT_CHARS * 4]), secret), secret)
     if len(text) > BODY_EXCERPT_CHARS:
         text = text[:BODY_EXCERPT_CHARS] + "…"
     return text
+
+
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
+
+
+def _readable(content: bytes) -> str:
+    """An error body as text fit for a message: UTF-16 (with a BOM, or by its NULs) decoded as
+    such, and control characters (NULs above all) dropped."""
+    if content.startswith(_UTF16_BOMS) or (len(content) >= 4 and content.count(0) * 3 >= len(content)):
+        encoding = "utf-16" if content.startswith(_UTF16_BOMS) else (
+            "utf-16-le" if content[1:2] == b"\x00" else "utf-16-be")
+        text = content[: len(content) & ~1].decode(encoding, errors="replace")
+    else:
+        text = content.decode("utf-8", errors="replace")
+    return _CONTROL.sub("", text)
+
+
+def _clean_json(text: str, secret: str) -> str:
+    """A JSON body whose strings hold the key (in any escape, ``\\u0074ml-...`` included) or control
+    characters (``\\u0000``), re-written with those removed; any other text unchanged. What the
+    error's ``detail`` decodes from the excerpt must be as clean as the excerpt."""
+    if text[:1] not in ("{", "["):
+        return text
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    dirty = []
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            cleaned = redact_text(_CONTROL.sub("", item), secret)
+            if cleaned != item:
+                dirty.append(item)
+            return cleaned
+        if isinstance(item, list):
+            return [clean(part) for part in item]
+        if isinstance(item, dict):
+            return {clean(key): clean(part) for key, part in item.items()}
+        return item
+
+    cleaned = clean(value)
+    return json.dumps(cleaned, ensure_ascii=False) if dirty else text
 
 
 def _request_id_of(content: bytes, headers: Mapping[str, str]) -> Optional[str]:
@@ -171,6 +219,7 @@ class Transport:
 
     def _build_session(self, pool_size: int) -> requests.Session:
         session = _Session()
+        session.private_headers = _CREDENTIAL_HEADERS + tuple(self.config.default_headers)
         self._adapter = TrackingAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         session.mount("http://", self._adapter)
         session.mount("https://", self._adapter)
