@@ -347,8 +347,14 @@ class SubmitPolicy:
     """How asample / stream_sample are resent with the same ``seq_id`` (protocol.md 4.8, 7.1 layer 2, 7.4, 7.6).
 
     Transient answers (408/409/5xx, a bare 400, connection errors) are resent after
-    ``min(base · 2^(n-1), cap)`` seconds, without jitter, until ``window`` seconds have passed
-    since the first send. A 429 makes every submit of the session wait ``backoff_small`` (or
+    ``min(base · 2^(n-1), cap)`` seconds, without jitter, until the next pause would end more
+    than ``window`` seconds after the first send. The official SDK's window is 300 s; tinkex's
+    is 60 s, so a sample against a host that refuses connections fails after about 30 s
+    (pauses of 1, 2, 4, 8, 16 s) with an ``APIConnectionError`` that the whole-call layer does
+    not retry, instead of five minutes of silence. A 5xx that outlasts the window still goes
+    to the whole-call layer, which retries it with a new ``seq_id``.
+
+    A 429 makes every submit of the session wait ``backoff_small`` (or
     ``backoff_large`` for a request over ``large_request_bytes``); a 402 waits
     ``billing_delay`` per try within the billing window.
 
@@ -357,7 +363,7 @@ class SubmitPolicy:
         [1.0, 2.0, 4.0, 30.0, 30.0]
     """
 
-    window: float = 300.0
+    window: float = 60.0
     base: float = 1.0
     cap: float = 30.0
     large_request_bytes: int = 128 * 1024

@@ -1,6 +1,6 @@
 """The submit loop (protocol.md 4.8, 7.1 layer 2, 7.3, 7.4, 7.6) over the in-memory transport.
 
-Time is virtual: a five-minute resubmit window runs in milliseconds, and every pause the loop
+Time is virtual: a one-minute resubmit window runs in milliseconds, and every pause the loop
 takes is checked exactly.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.loops import Rig, call, promise
-from tinkex._sampling.future import Cancelled
+from tinkex._sampling.future import Cancelled, Final
 from tinkex.errors import (
     APIConnectionError,
     AuthenticationError,
@@ -53,14 +53,34 @@ def test_connection_errors_resend_too() -> None:
     assert rig.seq_ids() == [0, 0] and rig.time.sleeps == [1.0]
 
 
-def test_the_resubmit_window_is_five_minutes() -> None:
+def test_the_resubmit_window_is_one_minute() -> None:
     rig = Rig()
     rig.transport.on("asample", (503, b"{}"))
     with pytest.raises(InternalServerError):
         rig.submitter.asample(rig.state, call(), seq_id=0)
-    # 1+2+4+8+16+30·9 = 301 > 300: the ninth 30 s pause would end past the window
-    assert rig.time.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0] + [30.0] * 8
-    assert sum(rig.time.sleeps) <= 300.0
+    # 1+2+4+8+16+30 = 61 > 60: the sixth pause would end past the window
+    assert rig.time.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert sum(rig.time.sleeps) <= 60.0
+
+
+def test_an_unreachable_host_for_the_whole_window_is_final() -> None:
+    """Refused connections until the window closes: the whole-call layer must not start over."""
+    rig = Rig()
+    rig.transport.on("asample", APIConnectionError("POST http://fake.invalid/api/v1/asample failed: connection "
+                                                   "refused (no server is listening there)", url="u"))
+    with pytest.raises(Final) as caught:
+        rig.submitter.asample(rig.state, call(), seq_id=0)
+    assert isinstance(caught.value.error, APIConnectionError)
+    assert rig.time.sleeps == [1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+def test_a_sample_against_an_unreachable_host_fails_after_the_window_without_whole_call_retries() -> None:
+    rig = Rig()
+    rig.transport.on("asample", APIConnectionError("refused", url="u"))
+    with pytest.raises(APIConnectionError):
+        rig.sampler.execute(rig.state, call())
+    assert rig.seq_ids() == [0] * 6  # one seq_id: the first attempt only
+    assert sum(rig.time.sleeps) == 31.0
 
 
 def test_a_deadline_stops_resubmits_before_a_pause_would_cross_it() -> None:

@@ -318,6 +318,7 @@ class Transport:
                 if taken >= retries or isinstance(exc, _DeadlineExceeded):
                     raise
                 delay, cause = self.retry_policy.delay(taken, {}, self.clock), "connection"
+                _log_connection_retry(exc, taken, retries, delay)
             else:
                 logger.debug("%s %s: %d in %.1f ms (request id %s)", method, path, response.status, (
                     self.clock.monotonic() - started) * 1e3, LazyRequestId(payload, response.content, response.headers))
@@ -526,6 +527,13 @@ class Transport:
             self._adapter.abort_all()
             self._session.close()
             self._watchdog.close()
+
+
+def _log_connection_retry(exc: APIConnectionError, taken: int, retries: int, delay: float) -> None:
+    """The first connection failure of a call at WARNING (a wrong URL or a dead host shows at once,
+    with what happens next); the later ones at DEBUG."""
+    level = logging.WARNING if taken == 0 else logging.DEBUG
+    logger.log(level, "%s; retrying in %.1f s (retry %d of %d)", exc, delay, taken + 1, retries)
 
 
 class _DeadlineExceeded(APITimeoutError):

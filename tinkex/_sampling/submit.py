@@ -21,7 +21,7 @@ from ..queue_state import QueueStateReporter
 from ..telemetry import Telemetry
 from ..types import QueueState, SamplePromise, SampleResponse
 from .billing import BillingPause
-from .future import Cancelled
+from .future import Cancelled, Final
 from .snapshot import SampleCall, Snapshot
 
 __all__ = ["Submitter", "decode_promise"]
@@ -131,12 +131,15 @@ class Submitter:
     def _resend_pause(self, call: SampleCall, error: TinkexError, failures: int, started: float) -> None:
         delay = self.policy.resend_delay(failures)
         now = self.clock.monotonic()
-        if now - started + delay > self.policy.window:
-            raise error
+        if now - started + delay > self.policy.window:  # a host unreachable for the whole window is down:
+            raise Final(error) if isinstance(error, APIConnectionError) else error  # no whole-call retry
         if call.deadline is not None and now + delay >= call.deadline:
             raise error
         self.telemetry.record("resubmission")
-        logger.debug("Resubmitting asample (same seq_id) in %.1fs after %s", delay, error)
+        first_connection_failure = failures == 1 and isinstance(error, APIConnectionError)
+        logger.log(logging.WARNING if first_connection_failure else logging.DEBUG,
+                   "%s; resubmitting the sample in %.1f s (same seq_id), for up to %.0f s", error, delay,
+                   self.policy.window)
         if self.clock.sleep(delay, call.cancel):
             self.check_cancel(call)
 
