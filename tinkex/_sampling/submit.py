@@ -62,10 +62,13 @@ class Submitter:
         payload = codec.dumps(dict(call.body, seq_id=seq_id, sampling_session_id=state.sampling_session_id))
         headers = dict(SUBMIT_HEADERS, **{"x-sdk-method": call.sdk_method})
         with self.limits.dispatch.admit(call.estimated_bytes, stop=self.stop, deadline=call.deadline):
-            response = self.resend_until_ok(state, call, lambda: self.transport.request(
-                "POST", "asample", body=payload, max_retries=0, headers=headers, deadline=call.deadline,
-                check=False, abort=call.abort,
-            ))
+            try:
+                response = self.resend_until_ok(state, call, lambda: self.transport.request(
+                    "POST", "asample", body=payload, max_retries=0, headers=headers, deadline=call.deadline,
+                    check=False, abort=call.abort,
+                ))
+            except APIConnectionError as exc:  # unreachable for the whole window (or past the deadline):
+                raise Final(exc) from None  # the host is down, and the whole-call layer must not start over
         assert isinstance(response, Response)
         return decode_promise(response)
 
@@ -131,8 +134,8 @@ class Submitter:
     def _resend_pause(self, call: SampleCall, error: TinkexError, failures: int, started: float) -> None:
         delay = self.policy.resend_delay(failures)
         now = self.clock.monotonic()
-        if now - started + delay > self.policy.window:  # a host unreachable for the whole window is down:
-            raise Final(error) if isinstance(error, APIConnectionError) else error  # no whole-call retry
+        if now - started + delay > self.policy.window:
+            raise error
         if call.deadline is not None and now + delay >= call.deadline:
             raise error
         self.telemetry.record("resubmission")
