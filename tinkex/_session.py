@@ -18,6 +18,7 @@ import concurrent.futures.thread  # noqa: F401  (registers its exit hook before 
 import functools
 import itertools
 import logging
+import os
 import threading
 import weakref
 from concurrent.futures import Future
@@ -454,7 +455,17 @@ def _quietly(close: Callable[[], None]) -> None:
         logger.debug("closing a client at exit failed", exc_info=True)
 
 
+def _forget_parents_clients() -> None:
+    """In a forked child: the parent's clients and sessions are the parent's to close and finish."""
+    global _exit_lock
+    _exit_lock = threading.Lock()  # another parent thread may have held it at the fork
+    _live_clients.clear()
+    _live_holders.clear()
+
+
 def _install_exit_hook() -> None:
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_parents_clients)
     register_hook = getattr(threading, "_register_atexit", None)
     if register_hook is not None:
         register_hook(close_all)

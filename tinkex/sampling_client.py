@@ -541,7 +541,7 @@ class SamplingClient:
             ValidationError: ``handle`` is not a sampler handle.
         """
         client: SamplingClient = restore_sampling_client(cls, {**decode_handle(handle), "api_key": api_key})
-        return client
+        return client.wait_ready()  # a stand-in (no key in this process) raises its ValidationError here
 
 
 def _request(prompt: Any, params: Any, num_samples: Any, extras: Extras) -> SampleRequest:

@@ -28,7 +28,7 @@ from ..errors import ValidationError
 from ..types import ClientConfig, DynamicConfig
 from .snapshot import Snapshot
 
-__all__ = ["reduce_payload", "restore_sampling_client", "encode_handle", "decode_handle"]
+__all__ = ["reduce_payload", "restore_sampling_client", "encode_handle", "decode_handle", "UnrestoredClient"]
 
 _CONFIG_FIELDS = ("timeout", "connect_timeout", "max_retries", "tags", "project_id", "telemetry", "verify",
                   "default_headers", "max_response_bytes")
@@ -77,15 +77,60 @@ def decode_handle(handle: Any) -> Dict[str, Any]:
 
 
 def restore_sampling_client(cls: Callable[..., Any], payload: Dict[str, Any]) -> Any:
-    """Unpickle: the process's clone of this sampling session, built on first use and then reused."""
+    """Unpickle: the process's clone of this sampling session, built on first use and then reused.
+
+    When the clone cannot be built here (no API key in this process), an :class:`UnrestoredClient`
+    stands in for it: raising from unpickling would kill a process-pool worker before it runs
+    the task, and the caller would see only ``BrokenProcessPool``; the stand-in raises the
+    error from the task instead, so it reaches the caller through the task's future.
+    """
     key = (payload["base_url"], payload["sampling_session_id"])
     with _restored_lock:
         existing = _restored.get(key)
         if existing is not None and not existing.closed:
             return existing
-        client = _build(cls, payload)
+        try:
+            client = _build(cls, payload)
+        except ValidationError as exc:
+            return UnrestoredClient(exc)
         _restored[key] = client
     return client.wait_ready()
+
+
+class UnrestoredClient:
+    """Stands in for a SamplingClient that could not be unpickled in this process.
+
+    Every attribute (``sample``, ``wait_ready`` ...) raises the :class:`ValidationError` that
+    prevented it, with how to fix it; ``close()`` does nothing.
+
+    Thread-safety: immutable after construction.
+
+    Example:
+        >>> client = UnrestoredClient(ValidationError("no key", field="api_key"))
+        >>> client.sample  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        tinkex.errors.ValidationError: A pickled SamplingClient could not be restored in this process: no key. ...
+    """
+
+    closed = True
+
+    def __init__(self, error: ValidationError) -> None:
+        self._message = (f"A pickled SamplingClient could not be restored in this process: {error.message.rstrip('.')}"
+                         ". Set TINKER_API_KEY in this process's environment, or create the ServiceClient with "
+                         "pickle_api_key=True (a sampler handle: pass api_key= to from_sampler_handle).")
+        self._field = error.field
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ValidationError(self._message, field=self._field, value=None)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __repr__(self) -> str:
+        return f"<SamplingClient could not be restored: {self._message}>"
 
 
 def _build(cls: Callable[..., Any], payload: Dict[str, Any]) -> Any:
