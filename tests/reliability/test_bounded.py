@@ -8,9 +8,11 @@ for ``max_tokens``, a gzip body that inflates to the whole byte cap).
 from __future__ import annotations
 
 import gzip
+import json
+import threading
 import time
 from concurrent.futures import Future
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -68,9 +70,42 @@ def metadata_or_result(handler: object) -> None:
         reply(200, result(), PROTOBUF)(handler)
 
 
-def test_an_oversized_declared_result_fails_at_once_and_blocks_no_other_download(hostile: HostileServer) -> None:
+class Completions:
+    """``retrieve_futures`` for poller mode: every issued request completes at once, req-big
+    declaring 10^12 bytes."""
+
+    def __init__(self) -> None:
+        self.issued: List[str] = []
+        self.lock = threading.Lock()
+
+    def promise(self, handler: Any) -> None:
+        name = "req-big" if b'"tokens":[1]' in handler.request_body else "req-small"
+        with self.lock:
+            self.issued.append(name)
+        promise_by_prompt(handler)
+
+    def futures(self, handler: Any) -> None:
+        cursor = json.loads(handler.request_body).get("prev_cursor", 0)
+        with self.lock:
+            issued = list(self.issued)
+        if cursor >= len(issued):
+            handler.server_stop.wait(0.2)
+        items = [{"request_id": name, "state": "finished",
+                  "response_payload_uncompressed_size": 10**12 if name == "req-big" else len(result())}
+                 for name in issued[cursor:]]
+        json_reply({"completions": items, "cursor": len(issued)})(handler)
+
+
+@pytest.mark.parametrize("mode", ["retrieve_future", "poller"])
+def test_an_oversized_declared_result_fails_at_once_and_blocks_no_other_download(hostile: HostileServer,
+                                                                                 mode: str) -> None:
     hostile.on(ASAMPLE, promise_by_prompt)
     hostile.on(RETRIEVE, metadata_or_result)
+    if mode == "poller":
+        completions = Completions()
+        hostile.on("/api/v1/client/config", json_reply({"sample_use_retrieve_futures": True}))
+        hostile.on(ASAMPLE, completions.promise)
+        hostile.on("/api/v1/retrieve_futures", completions.futures)
     with tinkex.ServiceClient(api_key=KEY, base_url=hostile.base_url) as service:
         client = service.create_sampling_client(base_model="m")
         started = time.monotonic()
@@ -83,6 +118,8 @@ def test_an_oversized_declared_result_fails_at_once_and_blocks_no_other_download
     assert isinstance(error, errors.DecodeError), repr(error)
     assert "max_response_bytes" in str(error) and str(10**12) in str(error)
     assert elapsed < FAST_S + 0.3
+    if mode == "poller":
+        assert hostile.calls("/api/v1/retrieve_futures")
 
 
 # -- item 10 ----------------------------------------------------------------------------------
