@@ -363,11 +363,12 @@ class Holder:
         return max(dynamic.refresh_interval_sec, DYNAMIC_CONFIG_MIN_REFRESH)
 
     def close(self, reason: str = "success", detail: Optional[str] = None, *, finish: bool = True,
-              finish_timeout: float = FINISH_TIMEOUT) -> None:
+              finish_timeout: float = FINISH_TIMEOUT, quiet: bool = False) -> None:
         """Finish the session, stop the heartbeat and telemetry, close the pool; idempotent.
 
         A handshake still running is aborted at once (its waiters get
-        :class:`ClientClosedError`); finishing the session takes at most ``finish_timeout`` s.
+        :class:`ClientClosedError`); finishing the session takes at most ``finish_timeout`` s,
+        and a failure to finish is logged at WARNING (DEBUG when ``quiet``, as at exit).
         """
         with self._lock:
             if self._closed:
@@ -377,7 +378,7 @@ class Holder:
         if handshake is not None:
             handshake.close()  # aborts its blocked reads and retry waits
         if info is not None and finish:
-            self._finish(info.session_id, reason, detail, finish_timeout)
+            self._finish(info.session_id, reason, detail, finish_timeout, quiet)
         if self.reporter is not None:
             self.reporter.close()
         self.transport.close()  # also sets stop_event and aborts a heartbeat blocked in a read
@@ -396,14 +397,15 @@ class Holder:
         if reporter is not None:
             reporter.exception(exc)
 
-    def _finish(self, session_id: str, reason: str, detail: Optional[str], timeout: float) -> None:
+    def _finish(self, session_id: str, reason: str, detail: Optional[str], timeout: float, quiet: bool) -> None:
         try:
             self.transport.request(
                 "POST", f"sessions/{session_id}/finish", body=FinishSessionRequest(reason=reason, detail=detail),
                 max_retries=2, read_timeout=timeout, deadline=self.clock.monotonic() + timeout,
             )
         except TinkexError as exc:
-            logger.warning("Could not finish session %s: %s", session_id, exc)
+            # At exit the server is often gone already, and the log's streams may be closed.
+            logger.log(logging.DEBUG if quiet else logging.WARNING, "Could not finish session %s: %s", session_id, exc)
 
     @property
     def closed(self) -> bool:
@@ -445,7 +447,7 @@ def close_all() -> None:
         _quietly(client.close)
     for holder in holders:
         _quietly(functools.partial(holder.close, "success", "the interpreter exited without close()",
-                                   finish=holder.owns_session, finish_timeout=EXIT_FINISH_TIMEOUT))
+                                   finish=holder.owns_session, finish_timeout=EXIT_FINISH_TIMEOUT, quiet=True))
 
 
 def _quietly(close: Callable[[], None]) -> None:

@@ -533,7 +533,8 @@ def _log_connection_retry(exc: APIConnectionError, taken: int, retries: int, del
     """The first connection failure of a call at WARNING (a wrong URL or a dead host shows at once,
     with what happens next); the later ones at DEBUG."""
     level = logging.WARNING if taken == 0 else logging.DEBUG
-    logger.log(level, "%s; retrying in %.1f s (retry %d of %d)", exc, delay, taken + 1, retries)
+    # The text, not the exception: a kept log record must not keep its traceback (and sockets) alive.
+    logger.log(level, "%s; retrying in %.1f s (retry %d of %d)", str(exc), delay, taken + 1, retries)
 
 
 class _DeadlineExceeded(APITimeoutError):

@@ -62,17 +62,15 @@ class Submitter:
         payload = codec.dumps(dict(call.body, seq_id=seq_id, sampling_session_id=state.sampling_session_id))
         headers = dict(SUBMIT_HEADERS, **{"x-sdk-method": call.sdk_method})
         with self.limits.dispatch.admit(call.estimated_bytes, stop=self.stop, deadline=call.deadline):
-            try:
-                response = self.resend_until_ok(state, call, lambda: self.transport.request(
-                    "POST", "asample", body=payload, max_retries=0, headers=headers, deadline=call.deadline,
-                    check=False, abort=call.abort,
-                ))
-            except APIConnectionError as exc:  # unreachable for the whole window (or past the deadline):
-                raise Final(exc) from None  # the host is down, and the whole-call layer must not start over
+            response = self.resend_until_ok(state, call, lambda: self.transport.request(
+                "POST", "asample", body=payload, max_retries=0, headers=headers, deadline=call.deadline,
+                check=False, abort=call.abort,
+            ), unreachable=Final)  # the host is down: the whole-call layer must not start over
         assert isinstance(response, Response)
         return decode_promise(response)
 
-    def resend_until_ok(self, state: Snapshot, call: SampleCall, send: Callable[[], Answer]) -> Answer:
+    def resend_until_ok(self, state: Snapshot, call: SampleCall, send: Callable[[], Answer], *,
+                        unreachable: Optional[Callable[[TinkexError], BaseException]] = None) -> Answer:
         """Call ``send`` until it answers 2xx (protocol.md 4.8, 7.4, 7.6, 9.3); returns that answer.
 
         Before each send the session's 429 backoff is waited out and cancellation checked. A
@@ -108,7 +106,7 @@ class Submitter:
                 if action is not Action.RETRY:
                     raise error
             failures += 1
-            self._resend_pause(call, error, failures, started)
+            self._resend_pause(call, error, failures, started, unreachable)
 
     def check_cancel(self, call: SampleCall) -> None:
         if call.cancel.is_set():
@@ -131,17 +129,18 @@ class Submitter:
                 self.reporter.report(state, reason if isinstance(reason, str) else None,
                                      request_id if isinstance(request_id, str) else "asample")
 
-    def _resend_pause(self, call: SampleCall, error: TinkexError, failures: int, started: float) -> None:
+    def _resend_pause(self, call: SampleCall, error: TinkexError, failures: int, started: float,
+                      unreachable: Optional[Callable[[TinkexError], BaseException]]) -> None:
         delay = self.policy.resend_delay(failures)
         now = self.clock.monotonic()
-        if now - started + delay > self.policy.window:
-            raise error
+        if now - started + delay > self.policy.window:  # connection errors for the whole window: ``unreachable``
+            raise unreachable(error) if unreachable and isinstance(error, APIConnectionError) else error
         if call.deadline is not None and now + delay >= call.deadline:
             raise error
         self.telemetry.record("resubmission")
         first_connection_failure = failures == 1 and isinstance(error, APIConnectionError)
         logger.log(logging.WARNING if first_connection_failure else logging.DEBUG,
-                   "%s; resubmitting the sample in %.1f s (same seq_id), for up to %.0f s", error, delay,
+                   "%s; resubmitting the sample in %.1f s (same seq_id), for up to %.0f s", str(error), delay,
                    self.policy.window)
         if self.clock.sleep(delay, call.cancel):
             self.check_cancel(call)

@@ -211,6 +211,7 @@ def _worker_client(blob: bytes) -> SamplingClient:
         client = _worker_clients.get(blob)
         if client is None or client.closed:
             client = pickle.loads(blob)  # the SamplingClient ChunkBackend pickled
+            client.wait_ready()  # a stand-in for a client this process cannot build raises its ValidationError
             _worker_clients[blob] = client
         return client
 
