@@ -97,6 +97,7 @@ class Holder:
         self._listeners: list = []
         self.reporter: Optional[TelemetryReporter] = None
         self._closed = False
+        self._quiet = False  # set by close(quiet=True) at exit
         self.owns_session = True  # False for an adopted session (an unpickled clone): never finished here
         self._owns_transport = transport is None  # an injected transport (a test's fake) is never derived
         self._handshake_transport: Optional[Transport] = None  # the running handshake's own pool; guarded by _lock
@@ -305,7 +306,8 @@ class Holder:
         self._heartbeat.start()
 
     def _send_telemetry(self, payload: dict) -> None:
-        self.transport.request("POST", "telemetry", body=payload, read_timeout=5.0, max_retries=1)
+        retries = 0 if self._quiet else 1  # at exit: one try, no retry warnings on the way out
+        self.transport.request("POST", "telemetry", body=payload, read_timeout=5.0, max_retries=retries)
 
     def _heartbeat_loop(self) -> None:
         info = self._info
@@ -373,7 +375,7 @@ class Holder:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            self._closed, self._quiet = True, quiet
             info, handshake = self._info, self._handshake_transport
         if handshake is not None:
             handshake.close()  # aborts its blocked reads and retry waits
@@ -401,7 +403,7 @@ class Holder:
         try:
             self.transport.request(
                 "POST", f"sessions/{session_id}/finish", body=FinishSessionRequest(reason=reason, detail=detail),
-                max_retries=2, read_timeout=timeout, deadline=self.clock.monotonic() + timeout,
+                max_retries=0 if quiet else 2, read_timeout=timeout, deadline=self.clock.monotonic() + timeout,
             )
         except TinkexError as exc:
             # At exit the server is often gone already, and the log's streams may be closed.
