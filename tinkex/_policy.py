@@ -242,7 +242,7 @@ class HTTPRetryPolicy:
         if asked is not None and 0 < asked <= self.max_retry_after:
             return asked
         backoff = min(self.base * (2 ** min(retries_taken, 30)), self.cap)
-        return backoff * (1.0 - 0.25 * clock.random())
+        return float(backoff * (1.0 - 0.25 * clock.random()))
 
 
 def _check_positive(_instance: Any, attribute: Any, value: Any) -> None:
@@ -304,7 +304,7 @@ class RetryConfig:
         """Delay before retry number ``attempt`` (1-based), jittered and clamped to [0, max]."""
         capped = min(self.retry_delay_base * (2 ** min(max(attempt - 1, 0), 30)), self.retry_delay_max)
         jitter = capped * self.jitter_factor * (2.0 * clock.random() - 1.0)
-        return min(max(capped + jitter, 0.0), self.retry_delay_max)
+        return float(min(max(capped + jitter, 0.0), self.retry_delay_max))
 
     def allows(self, attempt: int) -> bool:
         """Whether retry number ``attempt`` (1-based) may run."""
@@ -339,7 +339,7 @@ class PollPolicy:
 
     def error_delay(self, consecutive: int) -> float:
         """Delay after the ``consecutive``-th 429 or connection error in a row (1-based)."""
-        return min(self.error_base * 2 ** min(max(consecutive - 1, 0), 30), self.error_cap)
+        return float(min(self.error_base * 2 ** min(max(consecutive - 1, 0), 30), self.error_cap))
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ import os
 import threading
 import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import attrs
 
@@ -79,7 +79,7 @@ class Holder:
         clock: Clock = SYSTEM_CLOCK,
         pool_size: int = 128,
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
-        user_metadata: Optional[dict] = None,
+        user_metadata: Optional[Dict[str, Any]] = None,
         transport: Optional[Transport] = None,
     ) -> None:
         self.config = config
@@ -94,7 +94,7 @@ class Holder:
         self._info: Optional[SessionInfo] = None
         self._sampling_seq = itertools.count()
         self._heartbeat: Optional[threading.Thread] = None
-        self._listeners: list = []
+        self._listeners: List[Callable[[DynamicConfig], None]] = []
         self.reporter: Optional[TelemetryReporter] = None
         self._closed = False
         self._quiet = False  # set by close(quiet=True) at exit
@@ -240,7 +240,8 @@ class Holder:
             )
         except NotFoundError:
             return DynamicConfig()
-        return DynamicConfig.from_json(answer.json("client/dynamic_config"))
+        dynamic: DynamicConfig = DynamicConfig.from_json(answer.json("client/dynamic_config"))
+        return dynamic
 
     def _configure_limits(self, client_config: ClientConfig) -> None:
         self.limits.configure(dispatch_bytes=client_config.sample_dispatch_bytes_semaphore_size,
@@ -258,7 +259,7 @@ class Holder:
                                (logging.ERROR, answer.error_message)):
             if message:
                 logger.log(level, "%s", message)
-        return answer.session_id
+        return str(answer.session_id)
 
     def renew_session(self, stale_session_id: str) -> str:
         """Start a new session if the server no longer knows ``stale_session_id`` (it restarted);
@@ -305,7 +306,7 @@ class Holder:
         )
         self._heartbeat.start()
 
-    def _send_telemetry(self, payload: dict) -> None:
+    def _send_telemetry(self, payload: Dict[str, Any]) -> None:
         retries = 0 if self._quiet else 1  # at exit: one try, no retry warnings on the way out
         self.transport.request("POST", "telemetry", body=payload, read_timeout=5.0, max_retries=retries)
 

@@ -47,7 +47,7 @@ class TrackingAdapter(HTTPAdapter):
 
 
 def _tracking_pool(pool_cls: Any, adapter: TrackingAdapter) -> Any:
-    class TrackingConnection(pool_cls.ConnectionCls):
+    class TrackingConnection(pool_cls.ConnectionCls):  # type: ignore[misc]  # urllib3 picks the class at run time
         def request(self, *args: Any, **kwargs: Any) -> Any:
             watch_connection(self)  # the running call's deadline now covers this connection
             return super().request(*args, **kwargs)
@@ -57,7 +57,7 @@ def _tracking_pool(pool_cls: Any, adapter: TrackingAdapter) -> Any:
             if adapter.aborted:
                 shutdown_connection(self)
 
-    class TrackingPool(pool_cls):
+    class TrackingPool(pool_cls):  # type: ignore[misc]  # a subclass of whichever pool class urllib3 uses
         ConnectionCls = TrackingConnection
 
         def _new_conn(self) -> Any:

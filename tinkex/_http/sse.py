@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
 import attrs
 import requests
@@ -295,7 +295,7 @@ def iter_events(chunks: Iterable[bytes], *, max_event_bytes: int = MAX_EVENT_BYT
 # -- decoding ---------------------------------------------------------------------------------
 
 
-def _field(data: Any, name: str, kinds: tuple, what: str, required: bool) -> Any:
+def _field(data: Any, name: str, kinds: Tuple[type, ...], what: str, required: bool) -> Any:
     value = data.get(name)
     if value is None:
         if required:

@@ -99,8 +99,8 @@ class _Session(requests.Session):
     private_headers: Tuple[str, ...] = _CREDENTIAL_HEADERS
 
     def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
-        super().rebuild_auth(prepared_request, response)
-        if self.should_strip_auth(response.request.url, prepared_request.url):
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]  # untyped in types-requests
+        if self.should_strip_auth(response.request.url, prepared_request.url):  # type: ignore[no-untyped-call]
             for name in self.private_headers:
                 prepared_request.headers.pop(name, None)
 
@@ -166,7 +166,7 @@ def _request_id_of(content: bytes, headers: Mapping[str, str]) -> Optional[str]:
         except TinkexError:
             return None
         if isinstance(value, dict) and isinstance(value.get("request_id"), str):
-            return value["request_id"]
+            return str(value["request_id"])
     return None
 
 
@@ -365,7 +365,7 @@ class Transport:
             headers.update(extra)
         return headers
 
-    def _timeouts(self, read_timeout: Optional[float], deadline: Optional[float]) -> tuple:
+    def _timeouts(self, read_timeout: Optional[float], deadline: Optional[float]) -> Tuple[float, float]:
         read = read_timeout or self.config.timeout
         connect = self.config.connect_timeout
         if deadline is not None:
@@ -477,7 +477,7 @@ class Transport:
         return response
 
     def _send(
-        self, method: str, url: str, payload: Optional[bytes], headers: Mapping[str, str], timeouts: tuple
+        self, method: str, url: str, payload: Optional[bytes], headers: Mapping[str, str], timeouts: Tuple[float, float]
     ) -> requests.Response:
         """What ``Session.request`` does, given this session's fixed settings, minus re-merging them.
 
@@ -489,7 +489,8 @@ class Transport:
         prepared = requests.PreparedRequest()
         prepared.prepare(
             method=method.upper(), url=url, headers={k: v for k, v in headers.items() if v is not None},
-            data=payload or {}, params={}, cookies=merge_cookies(RequestsCookieJar(), session.cookies),
+            data=payload or {}, params={},
+            cookies=merge_cookies(RequestsCookieJar(), session.cookies),  # type: ignore[no-untyped-call]  # untyped stub
             hooks=session.hooks,
         )
         proxies = {k: v for k, v in session.proxies.items() if v is not None}

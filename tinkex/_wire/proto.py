@@ -153,7 +153,7 @@ def _as_int32(value: int) -> int:
 # Arrays
 
 
-def _unpack(buf: bytes, span: _Span, code: str, name: str) -> list:
+def _unpack(buf: bytes, span: _Span, code: str, name: str) -> List[Any]:
     size = span.stop - span.start
     if size & 3:
         raise DecodeError(f"{name}: {size} bytes is not a whole number of 4-byte values", offset=span.start)
@@ -309,7 +309,7 @@ def decode_sample_response(data: Buffer, bounds: ResultBounds = _UNBOUNDED) -> S
     prompt_logprobs: Optional[_Span] = None
     topk: Optional[_TopkParts] = None
     cache_hits = 0
-    extras: dict = {5: [], 6: [], "present": set()}  # a repeated message field merges its occurrences
+    extras: Dict[Any, Any] = {5: [], 6: [], "present": set()}  # a repeated message field merges its occurrences
     for key_pos, number, wire, value, stop in _walk(buf, 0, len(buf)):
         if number == 1:
             _expect(wire, _LENGTH_DELIMITED, "SampleResponse.sequences", key_pos)
@@ -339,7 +339,7 @@ def decode_sample_response(data: Buffer, bounds: ResultBounds = _UNBOUNDED) -> S
     )
 
 
-def _read_extras(buf: bytes, extras: dict) -> dict:
+def _read_extras(buf: bytes, extras: Dict[Any, Any]) -> Dict[str, Any]:
     """Fields 5 and 6 (their bytes, merged), decoded when present."""
     framing = Framing(walk=_walk, expect=_expect, read_varint=_read_varint)
     out: Dict[str, Any] = {}
@@ -377,7 +377,7 @@ def _put_bytes(out: bytearray, number: int, payload: bytes) -> None:
     out += payload
 
 
-def _pack(code: str, values: Sequence, field: str) -> bytes:
+def _pack(code: str, values: Sequence[Any], field: str) -> bytes:
     try:
         packed = array(code, values)
     except (OverflowError, TypeError):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from ..errors import DecodeError
 from ..types import PromptAltTokens, TensorData
@@ -43,7 +43,7 @@ class Framing(NamedTuple):
     read_varint: Callable[[bytes, int, int], Tuple[int, int]]
 
 
-def _numbers(payload: bytes, code: str, what: str) -> list:
+def _numbers(payload: bytes, code: str, what: str) -> List[Any]:
     values = array(code)
     if len(payload) % values.itemsize:
         raise DecodeError(f"{what}: {len(payload)} bytes is not a whole number of {values.itemsize}-byte values",

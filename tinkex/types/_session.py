@@ -34,7 +34,7 @@ def _kind(kind: Any) -> Dict[str, Any]:
 class _Wire:
     """Encode with omitted Nones; decode strictly (``kind`` metadata) ignoring unknown keys."""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return fields_to_json(self)
 
     @classmethod
@@ -140,7 +140,7 @@ class FinishSessionRequest:
     reason: str = "success"
     detail: Optional[str] = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"reason": {"type": self.reason}, "detail": self.detail}
 
     @classmethod
@@ -195,7 +195,7 @@ class ServerCapabilities:
 
     supported_models: List[SupportedModel] = attrs.field(factory=list)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {"supported_models": [model.to_json() for model in self.supported_models]}
 
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Dict, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar
 
 import attrs
 
@@ -88,19 +88,19 @@ def _is_kind(value: Any, kind: Any) -> bool:
     return isinstance(value, kinds)
 
 
-def decode_list(value: Any, what: str, item: Callable[[Any], T]) -> list:
+def decode_list(value: Any, what: str, item: Callable[[Any], T]) -> List[T]:
     if not isinstance(value, list):
         raise DecodeError(f"{what}: expected a list, got {type(value).__name__}")
     return [item(entry) for entry in value]
 
 
-def int_list(value: Any, what: str) -> list:
+def int_list(value: Any, what: str) -> List[int]:
     if not isinstance(value, list) or not all(type(v) is int for v in value):
         raise DecodeError(f"{what}: expected a list of integers")
     return value
 
 
-def optional_float_list(value: Any, what: str) -> list:
+def optional_float_list(value: Any, what: str) -> List[Any]:  # numbers or None (JSON as sent)
     if not isinstance(value, list):
         raise DecodeError(f"{what}: expected a list of numbers")
     for entry in value:
