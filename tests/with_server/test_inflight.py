@@ -10,18 +10,13 @@ from typing import Callable
 import pytest
 
 import tinkex
+from tests.support.waiting import wait_until
 from tinkex import types
 from tinkex.server import LocalServer
 from tinkex.server.model import ECHO_MODEL
 
 PROMPT = types.ModelInput.from_ints([1, 2, 3])
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_more_samples_in_flight_than_the_former_thread_cap(fresh_server: Callable[..., LocalServer]) -> None:

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 import tinkex
+from tests.support.waiting import wait_until
 from tinkex import errors, types
 from tinkex.server import LocalServer
 from tinkex.server.model import ECHO_MODEL
@@ -19,12 +20,6 @@ from tinkex.server.model import ECHO_MODEL
 PROMPT = types.ModelInput.from_ints([5, 6, 7])
 POLLER = {"sample_use_retrieve_futures": True}
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def sample_threads(client: Any = None) -> List[str]:

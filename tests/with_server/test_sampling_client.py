@@ -14,6 +14,7 @@ import pytest
 
 import tinkex
 from tests.fake_tinker import VirtualTime
+from tests.support.waiting import wait_until
 from tinkex import errors, types
 from tinkex._wire.byte_tokenizer import ByteTokenizer
 from tinkex.server import LocalServer
@@ -22,12 +23,6 @@ from tinkex.server.models import DEFAULT_MODEL, ECHO_MODEL, load_model
 TOKENIZER = ByteTokenizer()
 PROMPT = types.ModelInput.from_ints(TOKENIZER.encode("The Python language "))
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def tinkex_threads() -> List[str]:

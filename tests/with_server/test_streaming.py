@@ -23,6 +23,7 @@ import pytest
 import tinkex
 from tests.fake_tinker import SSID, FakeTinker, result_answer
 from tests.scripted_server import Answer
+from tests.support.waiting import wait_until
 from tests.with_server.conftest import RawApi
 from tinkex import errors, types
 from tinkex._wire.byte_tokenizer import ByteTokenizer
@@ -35,12 +36,6 @@ TOKENIZER = ByteTokenizer()
 PROMPT = types.ModelInput.from_ints(TOKENIZER.encode("The Python language "))
 SSE = (("Content-Type", "text/event-stream"),)
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def connect(server: Any, model: str = ECHO_MODEL, **kwargs: Any) -> Tuple[tinkex.ServiceClient, Any]:
