@@ -335,7 +335,8 @@ class SamplingClient:
         engine, state = self._running()
         call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
                           deadline=_deadline(timeout, self._clock), sdk_method=method)
-        future: SampleFuture[Any] = SampleFuture(call.cancel, on_cancel=call.cancel_now)
+        # cancel() sets call.cancel itself; the abort cuts a read the worker is blocked in
+        future: SampleFuture[Any] = SampleFuture(call.cancel, on_cancel=call.abort.abort)
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)

@@ -46,8 +46,3 @@ class SampleCall:
     sdk_method: str
     cancel: threading.Event = attrs.field(factory=threading.Event)
     abort: Abort = attrs.field(factory=Abort)  # cuts the call's HTTP request in progress when it is cancelled
-
-    def cancel_now(self) -> None:
-        """Cancel the call: its loops stop at their next check, and a blocked read is cut at once."""
-        self.cancel.set()
-        self.abort.abort()
