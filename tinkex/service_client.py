@@ -122,20 +122,19 @@ class ServiceClient:
         Raises:
             APITimeoutError: initialisation took longer than ``timeout`` seconds (it is stopped).
         """
-        future = self.create_sampling_client_async(
-            model_path, base_model, retry_config, sampling_session_id=sampling_session_id,
+        client = self._new_client(
+            model_path, base_model, retry_config, record_stability_info, sampling_session_id=sampling_session_id,
             queue_state_observer=queue_state_observer, max_workers=max_workers, poll_policy=poll_policy,
-            record_stability_info=record_stability_info,
         )
         try:
-            return future.result(timeout)
+            return client.wait_ready(timeout)
         except FutureTimeoutError:
-            if future.done():  # initialisation itself failed with a timeout: that error stands
+            if client._ready.done():  # initialisation itself failed with a timeout: that error stands
                 raise
-            client = self._client_of(future)
-            if client is not None:
-                client.close()
-            if not any(not other._ready.done() for other in self._clients if other is not client):
+            client.close()
+            with self._lock:
+                others = [other for other in self._clients if other is not client]
+            if not any(not other._ready.done() for other in others):
                 self._holder.abandon_start()  # nobody else waits for the start-up: stop it too
             raise APITimeoutError(f"the sampling client was not ready within {timeout} s", url=self.config.base_url
                                   ) from None
@@ -157,6 +156,17 @@ class ServiceClient:
         The future is a ``concurrent.futures.Future`` that can also be awaited: ``await
         service.create_sampling_client_async(...)`` gives the ready client.
         """
+        return self._new_client(
+            model_path, base_model, retry_config, record_stability_info, sampling_session_id=sampling_session_id,
+            queue_state_observer=queue_state_observer, max_workers=max_workers, poll_policy=poll_policy,
+        )._ready
+
+    def _new_client(
+        self, model_path: Optional[str], base_model: Optional[str], retry_config: Optional[RetryConfig],
+        record_stability_info: bool, *, sampling_session_id: Optional[str], queue_state_observer: Any,
+        max_workers: Optional[int], poll_policy: Optional[PollPolicy],
+    ) -> SamplingClient:
+        """A SamplingClient of this session, its initialisation started (not awaited)."""
         with self._lock:
             if self._closed:
                 raise ClientClosedError("this ServiceClient is closed")
@@ -169,14 +179,11 @@ class ServiceClient:
             )
             client.get_telemetry().add_listener(self._count)
             self._clients.append(client)
-        return client._ready
+        return client
 
     def _count(self, event: str, fields: Mapping[str, Any]) -> None:
         self._telemetry.record(event, **fields)
 
-    def _client_of(self, future: APIFuture[SamplingClient]) -> Optional[SamplingClient]:
-        with self._lock:
-            return next((client for client in self._clients if client._ready is future), None)
 
     def get_server_capabilities(self) -> ServerCapabilities:
         """The models the service offers (no session needed)."""
