@@ -215,6 +215,7 @@ class Transport:
         self._pool: Any = None  # the direct path's urllib3 pool, found on first use
         self._path_prefix = urlsplit(self.url("")).path
         self._watchdog = DeadlineWatchdog(clock.monotonic)
+        self._timeout_cache: Dict[float, urllib3.Timeout] = {}  # read timeout -> the shared Timeout without a deadline
         self._closed = False
 
     def _build_session(self, pool_size: int) -> requests.Session:
@@ -320,8 +321,10 @@ class Transport:
                 delay, cause = self.retry_policy.delay(taken, {}, self.clock), "connection"
                 _log_connection_retry(exc, taken, retries, delay)
             else:
-                logger.debug("%s %s: %d in %.1f ms (request id %s)", method, path, response.status, (
-                    self.clock.monotonic() - started) * 1e3, LazyRequestId(payload, response.content, response.headers))
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%s %s: %d in %.1f ms (request id %s)", method, path, response.status, (
+                        self.clock.monotonic() - started) * 1e3, LazyRequestId(payload, response.content,
+                                                                             response.headers))
                 action = classify(Phase.HTTP, response.status, response.content, response.headers)
                 if action is not Action.RETRY or taken >= retries:
                     return self._finish(response, check)
@@ -410,11 +413,10 @@ class Transport:
         if self._closed:
             raise APIConnectionError("the client is closed", url=self.url(path))
         url = self.url(path)
-        connect, read = self._timeouts(read_timeout, deadline)
         try:
             raw = self._direct_pool().urlopen(
-                method, self._path_prefix + path.lstrip("/"), body=payload, headers=headers, retries=False,
-                redirect=False, timeout=urllib3.Timeout(connect=connect, read=read), preload_content=False,
+                method, self._path_prefix + path.lstrip("/"), body=payload, headers=headers, retries=_NO_RETRIES,
+                redirect=False, timeout=self._urllib3_timeout(read_timeout, deadline), preload_content=False,
                 assert_same_host=False)
         except LIBRARY_ERRORS as exc:
             raise library_error(method, url, exc) from None
@@ -430,6 +432,20 @@ class Transport:
             return None
         return Response(status=raw.status, headers=raw.headers, content=content, url=url)
 
+    def _urllib3_timeout(self, read_timeout: Optional[float], deadline: Optional[float]) -> urllib3.Timeout:
+        """The call's timeouts as urllib3 takes them; without a deadline they are the same for every
+        call with the same read timeout, so those are built once."""
+        if deadline is not None:
+            connect, read = self._timeouts(read_timeout, deadline)
+            return urllib3.Timeout(connect=connect, read=read)
+        key = read_timeout or self.config.timeout
+        timeout = self._timeout_cache.get(key)
+        if timeout is None:
+            if len(self._timeout_cache) >= 16:  # read timeouts come from a few policies; never let it grow
+                self._timeout_cache.clear()
+            timeout = self._timeout_cache[key] = urllib3.Timeout(connect=self.config.connect_timeout, read=key)
+        return timeout
+
     def _direct_pool(self) -> Any:
         """The adapter's pool for the base URL, looked up once (a per-call lookup costs a tenth of a call)."""
         pool = self._pool
@@ -441,6 +457,15 @@ class Transport:
 
     def _read_direct(self, raw: Any, url: str, deadline: Optional[float]) -> bytes:
         try:
+            declared = raw.length_remaining
+            if declared is not None and declared <= self.config.max_response_bytes and (
+                    "content-encoding" not in raw.headers):
+                # A plain body of a known, allowed size (nearly every answer): one read. The
+                # watchdog still cuts it at the deadline; the check after catches a late finish.
+                content: bytes = raw.read()
+                if deadline is not None and self.clock.monotonic() > deadline:
+                    raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
+                return content
             return self._collect(raw.stream(_READ_CHUNK, decode_content=True), raw.headers, url, deadline)
         except LIBRARY_ERRORS as exc:
             raise library_error("reading the answer of", url, exc) from None
@@ -536,6 +561,11 @@ def _log_connection_retry(exc: APIConnectionError, taken: int, retries: int, del
     level = logging.WARNING if taken == 0 else logging.DEBUG
     # The text, not the exception: a kept log record must not keep its traceback (and sockets) alive.
     logger.log(level, "%s; retrying in %.1f s (retry %d of %d)", str(exc), delay, taken + 1, retries)
+
+
+#: urllib3 must not retry or follow anything on the direct path (the transport does both); the
+#: same value ``retries=False, redirect=False`` would build on every call, built once.
+_NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
 
 class _DeadlineExceeded(APITimeoutError):

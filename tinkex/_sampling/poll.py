@@ -32,7 +32,6 @@ from ..errors import (
 )
 from ..types import (
     CompleteMetadataResponse,
-    FutureRetrieveRequest,
     QueueState,
     RequestFailedResponse,
     SampleResponse,
@@ -156,7 +155,8 @@ def _send_poll(ctx: PollContext, request_id: str, state: _PollState) -> Response
     if state.iteration == 0:
         headers["X-Tinker-Create-Promise-Roundtrip-Time"] = "0.0"
     state.iteration += 1
-    body = FutureRetrieveRequest(request_id=request_id, allow_metadata_only=state.allow_metadata_only)
+    # FutureRetrieveRequest's JSON, written directly: this runs on every poll of every sample
+    body = codec.dumps({"request_id": request_id, "allow_metadata_only": state.allow_metadata_only})
     return ctx.transport.request(
         "POST", "retrieve_future", body=body, read_timeout=ctx.policy.read_timeout,
         max_retries=0, headers=headers, deadline=ctx.deadline, check=False, abort=ctx.abort,
