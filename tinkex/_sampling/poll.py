@@ -19,7 +19,7 @@ import attrs
 
 from .._clock import Clock
 from .._http import Abort, Response, Sender
-from .._http.transport import BODY_EXCERPT_CHARS
+from .._http.error_body import BODY_EXCERPT_CHARS
 from .._policy import Action, Phase, PollPolicy, classify
 from .._wire import codec
 from .._wire.bounds import ResultBounds
