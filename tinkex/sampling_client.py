@@ -9,31 +9,26 @@ from __future__ import annotations
 
 import enum
 import functools
-import itertools
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, Iterator, List, Mapping, Optional, Set, Tuple
-
-import attrs
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, List, Mapping, Optional, Set, Tuple
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import redact_error
-from ._http import Transport
-from ._limits import estimate_bytes
 from ._policy import PollPolicy, RetryConfig
 from ._sampling.call import Sampler
 from ._sampling.detached import DetachedRun
+from ._sampling.engine import Engine, build_engine
 from ._sampling.future import APIFuture, Cancelled, SampleFuture
 from ._sampling.pickling import Ownership, decode_handle, encode_handle, reduce_payload, restore_sampling_client
 from ._sampling.request import Extras, build_request, check_answer
 from ._sampling.snapshot import SampleCall, Snapshot
 from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
-from ._sampling.submit import Submitter
-from ._sampling.target import CLONE_SEQ_STRIDE, SamplingTarget, TargetSpec
+from ._sampling.target import SamplingTarget, TargetSpec
 from ._session import Holder, register_for_exit, unregister_for_exit
 from .errors import ClientClosedError, TinkexError, ValidationError
-from .queue_state import QueueStateLogger, QueueStateReporter
+from .queue_state import QueueStateLogger
 from .telemetry import Telemetry
 from .types import ModelInput, QueueState, SampleRequest, SampleResponse, SamplingParams, TensorData
 
@@ -44,7 +39,6 @@ __all__ = ["SamplingClient"]
 
 logger = logging.getLogger(__name__)
 
-POLLER_MODE_WORKERS = 32
 _LOGPROB_PARAMS = SamplingParams(max_tokens=1, temperature=1.0, top_k=-1, top_p=1.0)
 
 
@@ -53,20 +47,6 @@ class _Lifecycle(enum.Enum):
     READY = "ready"
     FAILED = "failed"
     CLOSED = "closed"
-
-
-@attrs.frozen
-class _Engine:
-    """What initialisation builds, published whole: the pool, its transport and the sampler."""
-
-    executor: ThreadPoolExecutor
-    transport: Transport
-    sampler: Sampler
-
-    def close(self) -> None:
-        self.sampler.close_pollers()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.transport.close()  # aborts reads still blocked, so the workers unwind now
 
 
 class SamplingClient:
@@ -111,7 +91,7 @@ class SamplingClient:
         self._telemetry = Telemetry()
         self._default_logger = QueueStateLogger()
         self._observer = queue_state_observer if queue_state_observer is not None else self._default_logger
-        self._engine: Optional[_Engine] = None
+        self._engine: Optional[Engine] = None
         self._lifecycle = _Lifecycle.INITIALISING
         self._lock = threading.Lock()  # guards _lifecycle and the publication of _engine
         self._pending: Set[Future[Any]] = set()
@@ -144,30 +124,9 @@ class SamplingClient:
                     self._lifecycle = _Lifecycle.FAILED
             self._ready.set_exception(exc)
 
-    def _build_engine(self, state: Snapshot, first_seq: int) -> _Engine:
-        workers = self._workers(state)
-        prefix = f"tinkex-sample-{state.sampling_session_id}"  # per client: whose threads these are shows in a dump
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix)
-        transport = self._holder.transport.derive(pool_size=workers + 4)
-        reporter = QueueStateReporter(self._observer, {"session_id": state.session_id,
-                                                       "sampling_session_id": state.sampling_session_id})
-        submitter = Submitter(transport, self._holder.limits, telemetry=self._telemetry, clock=self._clock,
-                              reporter=reporter)
-        sampler = Sampler(submitter, self._target, self._holder.limits, telemetry=self._telemetry, reporter=reporter,
-                          clock=self._clock, seq_ids=itertools.count(first_seq),
-                          clone_id=first_seq // CLONE_SEQ_STRIDE)
-        return _Engine(executor=executor, transport=transport, sampler=sampler)
-
-    def _workers(self, state: Snapshot) -> int:
-        """In default mode each in-flight sample holds a worker for its whole life, so the worker cap is the
-        in-flight limit: the server's ``sample_max_concurrent_requests`` (2,000 by default), lowered by
-        ``max_workers`` or ``RetryConfig.max_connections``. The pool starts threads only as samples need them.
-        In poller mode a waiting sample holds no worker, so ``POLLER_MODE_WORKERS`` short-call workers serve
-        any number in flight."""
-        limit = state.client_config.sample_max_concurrent_requests
-        if state.client_config.sample_use_retrieve_futures:  # workers only make short calls: few suffice
-            limit = POLLER_MODE_WORKERS
-        return max(1, min(self._max_workers or limit, limit, state.retry_config.max_connections or limit))
+    def _build_engine(self, state: Snapshot, first_seq: int) -> Engine:
+        return build_engine(self._holder, self._target, state, first_seq, max_workers=self._max_workers,
+                            telemetry=self._telemetry, observer=self._observer, clock=self._clock)
 
     @classmethod
     def create_async(cls, service: Any, **kwargs: Any) -> APIFuture[SamplingClient]:
@@ -206,7 +165,7 @@ class SamplingClient:
     def __await__(self) -> Generator[Any, None, SamplingClient]:
         return self._ready.__await__()
 
-    def _running(self) -> Tuple[_Engine, Snapshot]:
+    def _running(self) -> Tuple[Engine, Snapshot]:
         """The engine and the current snapshot, waiting for initialisation if it is still running.
 
         Raises:
@@ -333,8 +292,7 @@ class SamplingClient:
     def _submit(self, request: SampleRequest, prompt: ModelInput, timeout: Optional[float], method: str,
                 finish: Optional[Callable[[SampleResponse], Any]]) -> Any:
         engine, state = self._running()
-        call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
-                          deadline=_deadline(timeout, self._clock), sdk_method=method)
+        call = SampleCall.of(request, prompt, timeout, self._clock, method)
         # cancel() sets call.cancel itself; the abort cuts a read the worker is blocked in
         future: SampleFuture[Any] = SampleFuture(call.cancel, on_cancel=call.abort.abort)
         with self._pending_lock:
@@ -351,7 +309,7 @@ class SamplingClient:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _run(self, engine: _Engine, future: SampleFuture[Any], call: SampleCall,
+    def _run(self, engine: Engine, future: SampleFuture[Any], call: SampleCall,
              finish: Optional[Callable[[SampleResponse], Any]], state: Snapshot) -> None:
         if not future.set_running_or_notify_cancel():
             return
@@ -409,8 +367,7 @@ class SamplingClient:
         """
         request = _request(prompt, sampling_params, num_samples, Extras())
         engine, state = self._running()
-        call = SampleCall(body=_body(request), estimated_bytes=estimate_bytes(prompt),
-                          deadline=_deadline(timeout, self._clock), sdk_method=SDK_METHOD)
+        call = SampleCall.of(request, prompt, timeout, self._clock, SDK_METHOD)
         idle = check_idle_timeout(idle_timeout)
         return open_stream(
             engine.sampler, state, call, request.num_samples, idle_timeout=idle, tokenizer=self._stream_tokenizer(),
@@ -552,19 +509,3 @@ def _request(prompt: Any, params: Any, num_samples: Any, extras: Extras) -> Samp
 def _checker(request: SampleRequest) -> Callable[[SampleResponse], SampleResponse]:
     """The finishing step of a call with extras: fail when the server ignored one of them."""
     return lambda response: check_answer(response, request)
-
-
-def _body(request: SampleRequest) -> Dict[str, Any]:
-    """The request's JSON without ``seq_id``: each attempt adds its own."""
-    body = request.to_json()
-    body.pop("seq_id", None)
-    return body
-
-
-def _deadline(timeout: Optional[float], clock: Clock) -> Optional[float]:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValidationError(f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout",
-                              value=timeout)
-    return clock.monotonic() + float(timeout)

@@ -7,9 +7,12 @@ from typing import Any, Dict, Optional
 
 import attrs
 
+from .._clock import Clock
 from .._http import Abort
+from .._limits import estimate_bytes
 from .._policy import PollPolicy, RetryConfig
-from ..types import ClientConfig, DynamicConfig
+from ..errors import ValidationError
+from ..types import ClientConfig, DynamicConfig, ModelInput, SampleRequest
 
 __all__ = ["Snapshot", "SampleCall"]
 
@@ -46,3 +49,26 @@ class SampleCall:
     sdk_method: str
     cancel: threading.Event = attrs.field(factory=threading.Event)
     abort: Abort = attrs.field(factory=Abort)  # cuts the call's HTTP request in progress when it is cancelled
+
+    @classmethod
+    def of(cls, request: SampleRequest, prompt: ModelInput, timeout: Optional[float], clock: Clock,
+           sdk_method: str) -> SampleCall:
+        """The call for ``request``: its JSON without ``seq_id`` (each attempt adds its own) and the
+        deadline ``timeout`` seconds from now.
+
+        Raises:
+            ValidationError: ``timeout`` is not a positive number of seconds.
+        """
+        body = request.to_json()
+        body.pop("seq_id", None)
+        return cls(body=body, estimated_bytes=estimate_bytes(prompt), deadline=_deadline(timeout, clock),
+                   sdk_method=sdk_method)
+
+
+def _deadline(timeout: Optional[float], clock: Clock) -> Optional[float]:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValidationError(f"timeout must be a positive number of seconds, got {timeout!r}", field="timeout",
+                              value=timeout)
+    return clock.monotonic() + float(timeout)
