@@ -110,6 +110,59 @@ def urllib3_loop(url: str, api_key: str, sampling_session_id: str, request: Dict
     return _loop(post, sampling_session_id, request, 4 * 10**9)
 
 
+def transport_loop(client: Any, request: Dict[str, Any]) -> Loop:
+    """The same two calls through tinkex's own ``Transport.request`` on the calling thread: what
+    tinkex's HTTP layer adds to urllib3 (headers, retries, deadline watch, body cap)."""
+    transport, ssid = client._engine.transport, client.sampling_session_id  # a benchmark may read privates
+    body = _bodies(ssid, request, 5 * 10**9)
+    seq = [0]
+
+    def post(path: str, payload: bytes) -> tuple:
+        headers = ASAMPLE_HEADERS if path.endswith("asample") else POLL_HEADERS
+        answer = transport.request("POST", path.rsplit("/", 1)[1], body=payload, max_retries=0, headers=headers,
+                                   check=False)
+        return answer.status, answer.content_type, answer.content
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            _, _, data = post("/api/v1/asample", body(seq[0]))
+            seq[0] += 1
+            _retrieve(post, json.loads(data)["request_id"])
+
+    return run
+
+
+def sampler_loop(client: Any, prompt: Any, params: Any) -> Loop:
+    """Whole samples through tinkex's sampling layer on the calling thread (no worker, no future):
+    request building and checks, seq_ids, gates, the poll loop and the typed, decoded result."""
+    from tinkex._clock import SYSTEM_CLOCK
+    from tinkex._sampling.request import Extras, build_request
+    from tinkex._sampling.snapshot import SampleCall
+
+    sampler, target = client._engine.sampler, client._target
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            request = build_request(prompt, params, 1, Extras())
+            sampler.execute(target.current, SampleCall.of(request, prompt, None, SYSTEM_CLOCK, "bench"))
+
+    return run
+
+
+def handoff_loop() -> Loop:
+    """A no-op submitted to a ``ThreadPoolExecutor`` and waited for, one at a time: the price of
+    the hand-off to a worker thread and back that every ``sample().result()`` pays."""
+    import concurrent.futures
+
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            executor.submit(int).result()
+
+    return run
+
+
 def cpu_us_per_sample(loop: Loop, n: int) -> float:
     """Process CPU (every thread) per sample of ``n`` samples run one at a time."""
     cpu0 = time.process_time()

@@ -160,7 +160,10 @@ def _floor(url: str, client: Any, prompt: Any, params: Any, args: argparse.Names
     loops = {
         "http.client loop": floor.http_client_loop(url, API_KEY, client.sampling_session_id, request),
         "urllib3 loop": floor.urllib3_loop(url, API_KEY, client.sampling_session_id, request),
+        "tinkex Transport.request x2": floor.transport_loop(client, request),
+        "tinkex Sampler.execute": floor.sampler_loop(client, prompt, params),
         "tinkex sample().result()": lambda n: [client.sample(prompt, 1, params).result() for _ in range(n)],
+        "thread hand-off (no-op)": floor.handoff_loop(),
     }
     reps: Dict[str, List[float]] = {name: [] for name in loops}
     for loop in loops.values():
@@ -270,6 +273,16 @@ def report(ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> None:
         print("\n# one sample at a time, client CPU per sample (medians, same process, same server)")
         for name, value in floor.items():
             print(f"{name:38} {value:10.0f} us   {value / base:5.2f}x the urllib3 loop")
+        parts = {
+            "urllib3 (the floor loop)": base,
+            "tinkex's HTTP layer over urllib3": floor["tinkex Transport.request x2"] - base,
+            "sampling layer (build, gates, poll loop, decode)": (
+                floor["tinkex Sampler.execute"] - floor["tinkex Transport.request x2"]),
+            "future, worker hand-off and settling": floor["tinkex sample().result()"] - floor["tinkex Sampler.execute"],
+        }
+        print("# where tinkex's CPU per sample goes (differences of the loops above)")
+        for name, value in parts.items():
+            print(f"{name:52} {value:7.0f} us")
     cpu = [f["cpu_ms_per_sample"] for f in ours["levels"].values()]
     verdict = "met" if max(cpu) < GOAL_CPU_MS else "MISSED"
     print(f"# goal < {GOAL_CPU_MS} ms client CPU per sample: {verdict} (worst level {max(cpu):.3f} ms)")
