@@ -33,7 +33,7 @@ def _strings(value: Any, what: str) -> List[str]:
 
 def _int(mapping: Any, name: str, what: str, default: Any = None) -> Any:
     value = get_field(mapping, name, what, int, default)
-    if isinstance(value, bool):
+    if isinstance(value, bool):  # pragma: no cover - defensive: get_field(kind=int) already rejects booleans
         raise DecodeError(f"{what}: field {name!r} must be an int, got {value!r}")
     return value
 
@@ -76,7 +76,7 @@ class RetrieveFuturesRequest:
         what = "RetrieveFuturesRequest"
         mapping = require_mapping(data, what)
         timeout = get_field(mapping, "timeout", what, _NUMBER, None)
-        if isinstance(timeout, bool):
+        if isinstance(timeout, bool):  # pragma: no cover - defensive: get_field(kind=_NUMBER) already rejects booleans
             raise DecodeError(f"{what}: field 'timeout' must be a number, got {timeout!r}")
         retrieved = mapping.get("retrieved_request_ids")
         return cls(
