@@ -49,7 +49,7 @@ def _chunk_bytes(chunk: object) -> int:
         return 4 * ((len(chunk.data) + 2) // 3)  # the base64 length, without encoding
     if isinstance(chunk, ImageAssetPointerChunk):
         return len(chunk.location)
-    return 0
+    return 0  # pragma: no cover - defensive: ModelInput's converter admits only the three chunk types
 
 
 def _wait_slice(stop: Optional[threading.Event], deadline: Optional[float], clock: Clock) -> Optional[float]:
@@ -80,7 +80,7 @@ class _FifoCounter:
         self._waiters: Deque[threading.Condition] = deque()
 
     def _admissible(self, n: int) -> bool:
-        raise NotImplementedError
+        raise NotImplementedError  # pragma: no cover - abstract: Slots and BytesBudget override it
 
     @property
     def remaining(self) -> int:

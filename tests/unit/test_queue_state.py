@@ -234,6 +234,42 @@ def test_varargs_observer_gets_both() -> None:
     assert len(observer.calls) == 1 and len(observer.calls[0]) == 2
 
 
+class KeywordMetadata:
+    def __init__(self) -> None:
+        self.calls: List[Any] = []
+
+    def on_queue_state_change(self, state: QueueState, *, metadata: Any = None) -> None:
+        self.calls.append((state, metadata))
+
+
+class Unreadable:
+    """A callable whose signature inspect cannot read."""
+
+    __signature__ = "not a Signature"
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> None:
+        self.calls.append(args)
+
+
+def test_keyword_only_parameters_do_not_count_as_taking_metadata() -> None:
+    observer = KeywordMetadata()
+    QueueStateReporter(observer, META).report(QueueState.PAUSED_CAPACITY, None, "req-1")
+    assert observer.calls == [(QueueState.PAUSED_CAPACITY, None)]
+
+
+def test_an_observer_of_unreadable_signature_gets_state_and_metadata() -> None:
+    callback = Unreadable()
+    observer = type("Observer", (), {})()
+    observer.on_queue_state_change = callback
+    QueueStateReporter(observer, META).report(QueueState.PAUSED_RATE_LIMIT, None, "req-1")
+    assert len(callback.calls) == 1
+    state, metadata = callback.calls[0]
+    assert state is QueueState.PAUSED_RATE_LIMIT and metadata["request_id"] == "req-1"
+
+
 def test_only_changes_are_reported_per_request() -> None:
     observer = OneArg()
     reporter = QueueStateReporter(observer, META)

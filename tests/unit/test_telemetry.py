@@ -386,3 +386,51 @@ def test_close_ends_a_started_session_with_its_duration(send: FakeSend, make_rep
     reporter.close()
     assert [(e["event"], e.get("duration")) for e in send.events] == [("SESSION_START", None),
                                                                       ("SESSION_END", "0:00:02.500000")]
+
+
+def test_enum_values_are_sent_as_their_values(send: FakeSend, make_reporter: Any) -> None:
+    reporter = make_reporter()
+    reporter.generic_event("failure", {"category": RequestErrorCategory.USER})
+    reporter.log_event("CUSTOM", category=RequestErrorCategory.SERVER)
+    reporter.close()
+    generic, custom = send.events
+    assert generic["event_data"] == {"category": RequestErrorCategory.USER.value}
+    assert custom["category"] == RequestErrorCategory.SERVER.value
+
+
+def test_closing_a_drained_reporter_after_its_deadline_drops_nothing(send: FakeSend, make_reporter: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER_NAME)
+    reporter = make_reporter()
+    before = set(telemetry_threads())
+    reporter.generic_event("step", {"n": 1})
+    (thread,) = set(telemetry_threads()) - before
+    assert reporter.flush(WAIT)
+    reporter.close(timeout=0.0)  # the drain deadline is now, and the queue is already empty
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert [len(p["events"]) for p in send.payloads] == [1]
+    assert not any("drain timed out" in r.getMessage() for r in caplog.records)
+
+
+def test_a_reporter_that_never_queued_closes_without_a_thread(send: FakeSend, make_reporter: Any) -> None:
+    before = set(telemetry_threads())
+    reporter = make_reporter()
+    reporter.close()
+    assert set(telemetry_threads()) == before
+    assert send.payloads == []
+    assert repr(reporter) == "TelemetryReporter(session_id='sess-1', queued=0)"
+
+
+def test_a_forked_child_gets_its_own_process_uuid(send: FakeSend, make_reporter: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tinkex import telemetry
+
+    monkeypatch.setattr(telemetry, "_process_uuid", telemetry._process_uuid)  # restored after the test
+    parent = telemetry._process_uuid
+    telemetry._renew_process_uuid()  # what os.register_at_fork runs in a child
+    assert telemetry._process_uuid != parent and uuid.UUID(telemetry._process_uuid)
+    reporter = make_reporter()
+    reporter.generic_event("step", {})
+    reporter.close()
+    assert send.payloads[0]["process_uuid"] == telemetry._process_uuid

@@ -159,6 +159,14 @@ def test_multibyte_characters_split_across_tokens_are_held_back(bpe: tk.HuggingF
     assert [piece for piece in pieces if piece] == ["🙂", "🙃"]
 
 
+def test_a_file_tokenizer_describes_itself_and_encodes_only_text(bpe: tk.HuggingFaceTokenizer) -> None:
+    assert bpe.vocab_size == bpe.backend.get_vocab_size() > 256
+    assert repr(bpe) == f"<HuggingFaceTokenizer {bpe.name!r} vocab={bpe.vocab_size}>"
+    with pytest.raises(ValidationError, match="text must be a str") as caught:
+        bpe.encode(b"over")  # type: ignore[arg-type]
+    assert caught.value.field == "text"
+
+
 def test_metaspace_leading_spaces_join_exactly(tmp_path: Path) -> None:
     tok = tk.get_tokenizer(str(metaspace_bpe(tmp_path / "sp" / "tokenizer.json")))
     text = "the quick brown fox jumps over the lazy dog"
@@ -203,6 +211,17 @@ def test_model_found_in_the_hugging_face_cache(tmp_path: Path) -> None:
     tok = tk.get_tokenizer("acme/tiny-lm:some-revision")
     assert tok.name == "acme/tiny-lm"
     assert isinstance(tok, tk.HuggingFaceTokenizer) and tok.decode(tok.encode("over the dog")) == "over the dog"
+
+
+def test_a_main_ref_to_a_snapshot_without_the_file_falls_back_to_another_snapshot(tmp_path: Path) -> None:
+    hub = tmp_path / "hf-hub"
+    found = hub_snapshot(hub, "acme/partial", "aaa111", main=False)
+    refs = hub / "models--acme--partial" / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("bbb222")  # a revision whose download never included tokenizer.json
+    tok = tk.get_tokenizer("acme/partial")
+    assert isinstance(tok, tk.HuggingFaceTokenizer) and tok.decode(tok.encode("lazy dog")) == "lazy dog"
+    assert tk._snapshot_file(str(hub / "models--acme--partial")) == str(found)
 
 
 def test_hf_home_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,6 +293,15 @@ def test_register_a_path_and_an_object(tmp_path: Path) -> None:
     tk.unregister_tokenizer("acme/registered")
     with pytest.raises(tk.TokenizerNotFoundError):
         tk.get_tokenizer("acme/registered")
+
+
+def test_a_registered_file_removed_later_is_not_found(tmp_path: Path) -> None:
+    path = byte_level_bpe(tmp_path / "reg" / "tokenizer.json")
+    tk.register_tokenizer("acme/moved", path)
+    path.unlink()
+    with pytest.raises(tk.TokenizerNotFoundError, match="the registered path") as caught:
+        tk.get_tokenizer("acme/moved")
+    assert str(path) in str(caught.value)
 
 
 def test_registering_a_missing_path_fails_at_once(tmp_path: Path) -> None:
