@@ -469,7 +469,7 @@ def _forget_parents_clients() -> None:
 
 
 def _install_exit_hook() -> None:
-    if hasattr(os, "register_at_fork"):
+    if hasattr(os, "register_at_fork"):  # pragma: no branch - always true on POSIX; false only on Windows
         os.register_at_fork(after_in_child=_forget_parents_clients)
     register_hook = getattr(threading, "_register_atexit", None)
     if register_hook is not None:

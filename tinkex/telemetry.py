@@ -198,7 +198,7 @@ def _renew_process_uuid() -> None:
     _process_uuid = str(uuid.uuid4())
 
 
-if hasattr(os, "register_at_fork"):
+if hasattr(os, "register_at_fork"):  # pragma: no branch - always true on POSIX; false only on Windows
     os.register_at_fork(after_in_child=_renew_process_uuid)
 
 
