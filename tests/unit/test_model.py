@@ -365,8 +365,23 @@ def corrupt_a_table(path: Path) -> None:
         np.savez(out, **arrays)
 
 
+def corrupt_into_a_plain_array(path: Path) -> None:
+    with open(path, "wb") as out:
+        np.save(out, np.arange(10))  # a valid .npy, not the .npz archive of tables
+
+
+def corrupt_by_emptying_every_table(path: Path) -> None:
+    arrays = {"version": np.array([_ngram.MODEL_VERSION, _ngram.ORDER])}
+    for length in range(1, _ngram.ORDER + 1):
+        arrays[f"keys{length}"] = np.zeros(0, dtype=np.int64)
+        arrays[f"counts{length}"] = np.zeros(0, dtype=np.int32)
+    with open(path, "wb") as out:
+        np.savez(out, **arrays)
+
+
 @pytest.mark.parametrize(
-    "corrupt", [corrupt_by_truncating, corrupt_with_garbage, corrupt_by_lying_about_the_version, corrupt_a_table]
+    "corrupt", [corrupt_by_truncating, corrupt_with_garbage, corrupt_by_lying_about_the_version, corrupt_a_table,
+                corrupt_into_a_plain_array, corrupt_by_emptying_every_table]
 )
 def test_an_unusable_cache_is_retrained_and_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                      corrupt) -> None:
@@ -390,6 +405,81 @@ def test_an_unwritable_cache_only_costs_a_warning(tmp_path: Path, caplog: pytest
                             cache_dir=str(blocker / "cache"))
     assert "cannot cache" in caplog.text
     assert loaded.prompt_logprobs([65, 66])[1] is not None
+
+
+def test_a_directory_in_the_cache_path_costs_a_retrain_and_leaves_no_temporary_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = write_corpus(tmp_path, "text whose cache entry is blocked")
+    cache = tmp_path / "cache"
+    trained = load_model(DEFAULT_MODEL, corpus_path=corpus, cache_dir=str(cache))
+    assert isinstance(trained, _ngram.NGramModel) and trained.cache_path is not None
+    blocked = Path(trained.cache_path)
+    blocked.unlink()
+    blocked.mkdir()
+    (blocked / "keep").write_text("a directory cannot be replaced by a file")
+    with caplog.at_level(logging.WARNING, logger="tinkex.server.models.ngram"):
+        retrained = load_model(DEFAULT_MODEL, corpus_path=corpus, cache_dir=str(cache))
+    assert isinstance(retrained, _ngram.NGramModel) and not retrained.from_cache
+    assert "ignoring the unusable model cache" in caplog.text and "cannot cache the trained model at" in caplog.text
+    assert sorted(p.name for p in cache.iterdir()) == [blocked.name]  # the temporary file was removed
+    assert retrained.prompt_logprobs([65, 66]) == trained.prompt_logprobs([65, 66])
+
+
+def test_without_pydoc_data_the_default_corpus_is_the_builtins_docstrings(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import builtins
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)  # as in distributions that strip it
+    with caplog.at_level(logging.WARNING, logger="tinkex.server.models.ngram"):
+        documents = _ngram.default_documents()
+    assert "pydoc_data is missing" in caplog.text
+    expected = [obj.__doc__.encode("utf-8") for obj in vars(builtins).values() if isinstance(obj.__doc__, str)]
+    assert documents == expected and len(documents) > 50
+
+
+def test_a_model_trained_from_documents_is_not_cached() -> None:
+    model = _ngram.NGramModel.from_documents([b"the cat sat on the mat. " * 5])
+    assert model.cache_path is None and not model.from_cache
+    greedy = SamplingParams(max_tokens=6, temperature=0)
+    assert bytes(model.sample(list(b"the c"), greedy, 1)[0].tokens) == b"at sat"
+
+
+def test_a_corpus_shorter_than_the_model_order_trains_and_scores_prompts(tmp_path: Path) -> None:
+    # BOS a b EOS: four tokens, so no 5- or 6-grams at all (training used to fail with a numpy
+    # broadcast ValueError on any corpus shorter than the order, e.g. an empty file)
+    corpus, cache = write_corpus(tmp_path, "ab"), str(tmp_path / "cache")
+    model = load_model(DEFAULT_MODEL, corpus_path=corpus, cache_dir=cache)
+    assert isinstance(model, _ngram.NGramModel) and len(model.grams[-1][0]) == 0
+    ids = list(b"abababab")
+    scored = model.prompt_logprobs(ids)
+    history = [BOS_ID, *ids]
+    for i in range(1, len(ids)):
+        p = model.distribution(context_of(history[: 1 + i]))
+        assert scored[i] == f32(math.log(p[ids[i]]))
+    reloaded = load_model(DEFAULT_MODEL, corpus_path=corpus, cache_dir=cache)
+    assert isinstance(reloaded, _ngram.NGramModel) and reloaded.from_cache
+    assert reloaded.prompt_logprobs(ids) == scored
+    empty = load_model(DEFAULT_MODEL, corpus_path=write_corpus(tmp_path, ""), cache_dir=cache)
+    assert all(lp is not None and lp < 0 for lp in empty.prompt_logprobs([65, 66, 67])[1:])
+
+
+class FixedDraw:
+    """A generator whose every draw is ``value`` (1.0: the top of the range, where rounding can land)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_a_draw_at_the_very_top_picks_the_last_token_with_weight_not_a_zero_one() -> None:
+    weights = np.array([0.25, 0.75, 0.0, 0.0])
+    assert _ngram._draw(weights, FixedDraw(1.0)) == 1  # type: ignore[arg-type]
+    assert _ngram._draw(weights, FixedDraw(0.2)) == 0  # type: ignore[arg-type]
 
 
 def test_the_cache_directory_defaults_to_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

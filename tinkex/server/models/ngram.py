@@ -91,7 +91,9 @@ def training_stream(documents: Sequence[bytes]) -> np.ndarray:
 def _windows(stream: np.ndarray, length: int) -> np.ndarray:
     """Packed keys of every ``length``-token window, first token most significant."""
     count = len(stream) - length + 1
-    keys = np.zeros(max(count, 0), dtype=np.int64)
+    if count <= 0:  # a stream shorter than the window (a corpus of a few bytes): no windows
+        return np.zeros(0, dtype=np.int64)
+    keys = np.zeros(count, dtype=np.int64)
     for offset in range(length):
         keys = keys * _BASE + stream[offset : offset + count]
     return keys
