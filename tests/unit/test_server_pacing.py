@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import pytest
 
-from tinkex.server._generate import GenerationCancelled, run_plan
+from tinkex.server._generate import NEVER_CANCELLED, GenerationCancelled, run_plan
 from tinkex.server._plan import GenerationPlan
 from tinkex.server.models import ECHO_MODEL, load_model
 from tinkex.types import SamplingParams
@@ -72,3 +72,10 @@ def test_no_delay_never_waits() -> None:
     flag = RecordingFlag()
     run_plan(plan(), flag, 0.0)
     assert flag.waits == []
+
+
+def test_without_a_cancel_flag_a_delayed_generation_is_never_cancelled() -> None:
+    # the default flag (inline runs, which the scheduler gives no delay) can never be set
+    response = run_plan(plan(), delay_s=DELAY_S)
+    assert len(response.sequences[0].tokens) == TOKENS
+    assert NEVER_CANCELLED.wait(DELAY_S) is False and not NEVER_CANCELLED.is_set()
