@@ -5,6 +5,7 @@ transport and a manual loop clock), and ``tinkex serve``'s signal pipe and descr
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import resource
 import signal
@@ -22,7 +23,7 @@ from tinkex.server._problems import Problem
 from tinkex.server._settings import ServerSettings
 from tinkex.server._stats import Stats
 from tinkex.server._workers import DaemonExecutor
-from tinkex.server.cli import _raise_descriptor_limit, _StopSignals
+from tinkex.server.cli import _raise_descriptor_limit, _StopSignals, main
 
 # ---------------------------------------------------------------- API keys and JWTs
 
@@ -389,3 +390,8 @@ def test_a_refused_limit_change_is_ignored(descriptor_limit: Tuple[int, int], mo
     monkeypatch.setattr(resource, "setrlimit", not_allowed)
     _raise_descriptor_limit(wanted=min(soft, 4096))
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (min(soft, 4096) - 100, hard)
+
+
+def test_importing_the_server_main_module_does_not_serve() -> None:
+    module = importlib.import_module("tinkex.server.__main__")
+    assert module.main is main

@@ -5,9 +5,12 @@ calls of ``LocalServer`` and ``tinkex serve`` run in this process."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
+import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List
@@ -197,3 +200,51 @@ def test_tinkex_serve_with_configured_keys_prints_no_key_hint(capsys: pytest.Cap
     assert "accepting any API key" not in out and "tml-configured" not in out
     assert signal.getsignal(signal.SIGTERM) in (original, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, original)
+
+
+def _own_non_loopback_address() -> str:
+    """This machine's address on its default route (a UDP connect sends nothing), or skip."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("198.51.100.1", 9))  # TEST-NET-2: routed, never contacted
+        address = probe.getsockname()[0]
+    except OSError:
+        address = ""
+    finally:
+        probe.close()
+    if not address or ipaddress.ip_address(address).is_loopback:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    return str(address)
+
+
+def test_admin_stats_refuses_a_client_that_is_not_on_loopback(fresh_server: Callable[..., LocalServer]) -> None:
+    server = fresh_server(host=_own_non_loopback_address(), api_keys=["tml-remote-key"])
+    response = requests.get(server.base_url + "/api/v1/admin/stats", headers={"X-API-Key": server.admin_key},
+                            timeout=10)  # fmt: skip
+    assert response.status_code == 403 and "loopback clients only" in response.json()["detail"]
+    assert RawApi(server).get("healthz").json() == {"status": "ok"}  # the rest of the API answers it
+
+
+def test_tinkex_serve_interrupted_while_loading_its_model_exits_130(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.fifo"
+    os.mkfifo(corpus)  # opening it for reading blocks until a writer comes: loading hangs right there
+    main_thread = threading.main_thread()
+
+    def interrupt_while_loading() -> None:
+        def loading() -> bool:
+            frame = sys._current_frames().get(main_thread.ident or 0)
+            while frame is not None:
+                if frame.f_code.co_name == "read_corpus":
+                    return True
+                frame = frame.f_back
+            return False
+
+        wait_until(loading)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=interrupt_while_loading)
+    sender.start()
+    status = main(["--port", "0", "--model", DEFAULT_MODEL, "--corpus", str(corpus), "--cache-dir", str(tmp_path)])
+    sender.join()
+    assert status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put nothing of its own in place
