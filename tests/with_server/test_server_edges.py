@@ -192,14 +192,17 @@ def test_tinkex_serve_with_configured_keys_prints_no_key_hint(capsys: pytest.Cap
 
     sender = threading.Thread(target=terminate_once_handled)
     sender.start()
-    status = main(["--port", "0", "--model", ECHO_MODEL, "--api-key", "tml-configured", "--log-level", "WARNING"])
-    sender.join()
+    try:
+        status = main(["--port", "0", "--model", ECHO_MODEL, "--api-key", "tml-configured", "--log-level", "WARNING"])
+        sender.join()
+        # stopping: a default SIGTERM is ignored rather than killing the orderly exit
+        assert signal.getsignal(signal.SIGTERM) in (original, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGTERM, original)
     out = capsys.readouterr().out
     assert status == 0
     assert out.startswith("tinkex server on http://127.0.0.1:") and "tinkex server stopped" in out
     assert "accepting any API key" not in out and "tml-configured" not in out
-    assert signal.getsignal(signal.SIGTERM) in (original, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, original)
 
 
 def _own_non_loopback_address() -> str:
