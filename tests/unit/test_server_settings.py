@@ -180,3 +180,10 @@ def test_a_spec_with_a_reason_and_no_window_is_refused() -> None:
     with pytest.raises(ValidationError) as info:
         FaultProfile.parse("paused_capacity.reason=maintenance")
     assert "a reason needs a paused_capacity=DUR[/PERIOD] window" in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["max_concurrent_generations", "max_num_samples", "max_connections_per_peer"])
+def test_a_count_must_be_a_whole_number(field: str) -> None:
+    with pytest.raises(ValidationError, match=f"{field} must be a positive whole number, got 1.5") as caught:
+        ServerSettings(**{field: 1.5})
+    assert caught.value.field == field and caught.value.value == 1.5

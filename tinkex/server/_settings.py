@@ -15,17 +15,23 @@ __all__ = ["ServerSettings", "is_loopback_host", "split_config_flags", "parse_co
 
 
 def _positive(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValidationError(
-            f"{attribute.name} must be a positive number, got {value!r}", field=attribute.name, value=value
-        )
+    _check_number(attribute, value, "a positive", lambda number: number > 0)
 
 
 def _non_negative(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValidationError(
-            f"{attribute.name} must be a non-negative number, got {value!r}", field=attribute.name, value=value
-        )
+    _check_number(attribute, value, "a non-negative", lambda number: number >= 0)
+
+
+_WHOLE_TYPES = (int, "int", "Optional[int]")  # the annotation as attrs keeps it (a string, postponed)
+
+
+def _check_number(attribute: attrs.Attribute[Any], value: Any, kind: str, allowed: Callable[[Any], bool]) -> None:
+    whole = attribute.type in _WHOLE_TYPES  # counts and sizes must be whole: 1.5 workers is no setting
+    accepted = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, accepted) or not allowed(value):
+        noun = "whole number" if whole else "number"
+        raise ValidationError(f"{attribute.name} must be {kind} {noun}, got {value!r}", field=attribute.name,
+                              value=value)
 
 
 def _keys(value: Any) -> Tuple[str, ...]:
