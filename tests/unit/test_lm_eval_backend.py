@@ -19,7 +19,7 @@ import pytest
 from tinkex.contrib._inflight import run_in_flight
 from tinkex.contrib._lm_eval_cli import hide_api_key
 from tinkex.contrib.lm_eval import cut_at_stop
-from tinkex.errors import BadRequestError, ValidationError
+from tinkex.errors import BadRequestError, DecodeError, ValidationError
 
 
 class Window:
@@ -75,6 +75,34 @@ def test_failures_are_kept_by_index_and_do_not_stop_the_rest() -> None:
     assert isinstance(failures[1], ValidationError)
     assert isinstance(failures[2], BadRequestError)
     assert isinstance(failures[3], CancelledError)
+
+
+def test_requests_refused_before_sending_leave_nothing_to_wait_for() -> None:
+    def refused() -> Future:
+        raise ValidationError("client is closed", field="client")
+
+    progress: List[int] = []
+    results, failures = run_in_flight([refused, refused], 1, lambda i, r: r, lambda: progress.append(1))
+    assert results == [None, None] and sorted(failures) == [0, 1] and len(progress) == 2
+
+
+def test_an_answer_finish_cannot_use_is_a_failure_of_its_request() -> None:
+    def answered(value: int) -> Callable[[], Future]:
+        def go() -> Future:
+            future: Future = Future()
+            future.set_result(value)
+            return future
+
+        return go
+
+    def finish(index: int, value: int) -> int:
+        if value < 0:
+            raise DecodeError(f"no logprobs in answer {index}")
+        return value
+
+    results, failures = run_in_flight([answered(1), answered(-1), answered(3)], 2, finish)
+    assert results == [1, None, 3]
+    assert list(failures) == [1] and str(failures[1]) == "no logprobs in answer 1"
 
 
 def test_an_unexpected_error_cancels_what_is_pending() -> None:
