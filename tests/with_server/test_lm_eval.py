@@ -28,7 +28,7 @@ from lm_eval.tasks import TaskManager
 
 import tinkex
 from tinkex import types
-from tinkex.contrib.lm_eval import EvalRequestError, TinkexLM
+from tinkex.contrib.lm_eval import EvalRequestError, TinkexLM, close_all
 from tinkex.server import LocalServer
 from tinkex.server.model import DEFAULT_MODEL
 
@@ -56,10 +56,13 @@ def client(server: LocalServer) -> Iterator[tinkex.SamplingClient]:
 def evaluated(server: LocalServer) -> Dict[str, Any]:
     """The three example tasks through simple_evaluate with the model given by name and model_args."""
     model_args = f"base_model={DEFAULT_MODEL},base_url={server.base_url},api_key={SECRET_KEY},seed={SEED}"
-    results = lm_eval.simple_evaluate(
-        model="tinkex", model_args=model_args, tasks=TASKS, log_samples=True,
-        task_manager=TaskManager(include_path=str(EXAMPLES), include_defaults=False),
-    )
+    try:
+        results = lm_eval.simple_evaluate(
+            model="tinkex", model_args=model_args, tasks=TASKS, log_samples=True,
+            task_manager=TaskManager(include_path=str(EXAMPLES), include_defaults=False),
+        )
+    finally:  # lm-eval never closes the model it built: its session would heartbeat on into later tests
+        close_all()
     assert results is not None
     return results
 

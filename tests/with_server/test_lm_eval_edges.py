@@ -11,11 +11,12 @@ import os
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import gc
 import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 from lm_eval.api.instance import Instance
@@ -243,3 +244,15 @@ def test_close_all_closes_every_open_model_once(local_server: LocalServer) -> No
             pass
     close_all()  # none left open
 
+
+def test_close_all_closes_a_model_that_lm_eval_has_already_dropped(fresh_server: Callable[..., LocalServer]) -> None:
+    # lm_eval.simple_evaluate builds the model from model_args and drops it before returning; its session
+    # must still end when `tinkex eval` (or the caller) calls close_all afterwards.
+    server = fresh_server()
+    lm = echo_lm(server)
+    assert lm.loglikelihood([Instance("loglikelihood", {}, ("a", "b"), 0)], disable_tqdm=True)[0][0] < 0
+    del lm
+    gc.collect()
+    assert server.stats()["sessions_finished"] == 0
+    close_all()
+    assert server.stats()["sessions_finished"] == 1

@@ -31,9 +31,8 @@ import functools
 import logging
 import math
 import threading
-import weakref
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import attrs
 from lm_eval.api.model import TemplateLM
@@ -58,7 +57,9 @@ ON_ERROR_CHOICES = ("report", "raise")
 # The request compute_logprobs sends, with the top-1 alternatives that is_greedy needs.
 _SCORE_PARAMS = types.SamplingParams(max_tokens=1, temperature=1.0, top_k=-1, top_p=1.0)
 _GEN_KEYS = {"until", "max_gen_toks", "temperature", "do_sample", "top_p", "top_k", "seed"}
-_OPEN: weakref.WeakSet[TinkexLM] = weakref.WeakSet()
+# Strong references: lm-eval drops the model it built before returning, and close_all must still end
+# its session (a weak set would have forgotten it while its heartbeat kept the session alive).
+_OPEN: Set[TinkexLM] = set()
 _OPEN_LOCK = threading.Lock()  # guards _OPEN, which models created on any thread join
 
 
@@ -423,6 +424,8 @@ class TinkexLM(TemplateLM):  # type: ignore[misc, unused-ignore]  # lm_eval is u
         if self._closed:
             return
         self._closed = True
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
         if self._service is not None:
             self._service.close()
         if self._server is not None:
