@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Callable, Iterator, List
 
 import pytest
 
 import tinkex
+from tests.fake_tinker import KEY, FakeTinker, json_answer, result_answer
 from tinkex import types
 from tinkex._sampling.target import CLONE_SEQ_STRIDE
-from tinkex.batch import BatchItem, BatchWorkerError, WorkerSetupError, sample_many, sample_many_unordered
+from tinkex.batch import (
+    BatchItem,
+    BatchSummary,
+    BatchWorkerError,
+    WorkerSetupError,
+    run_batch,
+    sample_many,
+    sample_many_unordered,
+)
 from tinkex.errors import BadRequestError, ValidationError
 from tinkex.server import LocalServer
 from tinkex.server.models import ECHO_MODEL
@@ -194,6 +207,15 @@ def test_bad_arguments_fail_before_anything_is_sent(echo: Any) -> None:
     assert bad_executor.value.field == "executor"
 
 
+def test_max_request_bytes_measures_a_prompt_past_the_quick_estimate(echo: Any) -> None:
+    # 1000 one-digit ids: past the 12-bytes-a-token estimate of a 10 kB limit, but a ~3 kB request
+    fits, too_big = [1] * 1000, [123] * 3000
+    results = list(sample_many(echo, [fits, too_big], PARAMS, on_error="record", max_request_bytes=10_000))
+    assert results[0].sequences[0].tokens == [1, 1, 1]
+    assert isinstance(results[1], ValidationError) and results[1].field == "prompt"
+    assert "max_request_bytes" in str(results[1])
+
+
 def test_progress_log_line_reports_count_and_failures(echo: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tinkex.batch")
     list(sample_many(echo, [[1], [300], [2]], PARAMS, on_error="record", progress="log"))
@@ -267,6 +289,45 @@ def test_a_worker_that_cannot_restore_the_client_stops_the_batch_typed(local_ser
     for error in (recorded.value, raised.value):
         assert isinstance(error, WorkerSetupError) and error.field == "api_key"
         assert "pickle_api_key=True" in str(error) and "TINKER_API_KEY" in str(error)
+
+
+def _end_the_worker(response: types.SampleResponse) -> Any:
+    os._exit(3)  # the worker process dies mid-chunk, as on an OOM kill
+
+
+def test_a_dead_worker_fails_its_chunk_and_the_broken_pool_stops_the_batch(echo: Any) -> None:
+    with _spawn_pool(1) as pool:
+        results = sample_many(echo, [[1], [2], [3]], PARAMS, executor=pool, chunk_size=1, max_in_flight=1,
+                              on_error="record", postprocess=_end_the_worker)
+        lost = next(results)
+        with pytest.raises(BatchWorkerError) as stopped:
+            next(results)
+    assert isinstance(lost, BatchWorkerError) and isinstance(lost.__cause__, BrokenProcessPool)
+    assert str(lost).startswith("a chunk of 1 prompts failed in its worker: BrokenProcessPool: ")
+    assert str(stopped.value).startswith("the executor refused a chunk: BrokenProcessPool: ")
+    assert not isinstance(stopped.value, WorkerSetupError)
+
+
+def test_run_batch_without_a_tokenizer_writes_null_text_and_keeps_only_the_users_failures(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "tokens": [i]}) + "\n" for i in (1, 2, 3)))
+    caplog.set_level(logging.WARNING, logger="tinkex.batch")
+    with FakeTinker() as fake:  # a model whose tokenizer this machine does not have
+        fake.queue("/api/v1/retrieve_future", result_answer([104, 105, 33]),
+                   json_answer(200, {"error": "stop sequence too long", "category": "user"}),
+                   json_answer(200, {"error": "model crashed", "category": "server"}))
+        with tinkex.ServiceClient(api_key=KEY, base_url=fake.base_url) as service:
+            client = service.create_sampling_client(base_model="acme/no-tokenizer-here")
+            summary = run_batch(client, str(source), str(out), PARAMS, max_in_flight=1)
+    assert summary == BatchSummary(already_done=0, sampled=1, failed=1, invalid=0, deferred=1)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert written[0]["id"] == 1 and written[0]["sequences"][0]["text"] is None
+    assert written[0]["sequences"][0]["tokens"] == [104, 105, 33]
+    assert written[1]["id"] == 2 and "stop sequence too long" in written[1]["error"]["message"]
+    assert len(written) == 2  # the server's own failure is left for a re-run
+    assert any("no tokenizer for acme/no-tokenizer-here" in r.getMessage() for r in caplog.records)
 
 
 def test_dask_local_cluster_with_two_worker_processes(local_server: LocalServer,
