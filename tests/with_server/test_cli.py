@@ -127,6 +127,15 @@ def test_logprobs_text_and_json(remote: LocalServer) -> None:
     assert lines[1].split()[-1] == "-" and lines[-1].startswith(f"total {record['total']:.4f} over 3 scored")
 
 
+def test_a_tinker_path_names_the_model_as_its_base_name_does(remote: LocalServer) -> None:
+    by_path = run("logprobs", "import os", "--model", "tinker://tinkex/ngram-small", "--json")
+    by_name = run("logprobs", "import os", "--model", "tinkex/ngram-small", "--json")
+    assert by_path[0] == by_name[0] == 0
+    path_record, name_record = json_lines(by_path[1])[0], json_lines(by_name[1])[0]
+    assert path_record["model"] == "tinker://tinkex/ngram-small"
+    assert path_record["logprobs"] == pytest.approx(name_record["logprobs"])
+
+
 def test_models_text_and_json(remote: LocalServer) -> None:
     code, text = run("models")
     assert code == 0 and [line.split()[0] for line in text.splitlines()] == ["tinkex/ngram-small", "tinkex/echo"]
@@ -338,6 +347,58 @@ def tinkex_process(*argv: str, env: Any = None) -> subprocess.CompletedProcess[s
     """Run ``python -m tinkex ARGV`` to completion."""
     return subprocess.run([sys.executable, "-m", "tinkex", *argv], capture_output=True, text=True,
                           env=env or subprocess_env(), timeout=90)
+
+
+def test_stdout_closed_by_the_reader_ends_the_command_quietly(remote: LocalServer) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # `tinkex models | head -0`: the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "tinkex", "models"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, env=subprocess_env(), timeout=90)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")  # no BrokenPipeError traceback, not even at exit
+
+
+MISSING_EXTRAS = """
+import contextlib, io, json, sys
+
+
+class NotInstalled:  # as if no extra were installed: these packages are not found
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("aiohttp", "lm_eval", "distributed"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NotInstalled())
+from tinkex.cli import main
+lines = []
+for argv in sys.argv[1:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(json.loads(argv), out=io.StringIO())
+    lines.append([code, err.getvalue().strip()])
+print(json.dumps(lines))
+"""
+
+
+def test_a_missing_extra_is_one_line_naming_what_to_install(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "prompt": "x"}\n')
+    commands = [["sample", "x", "--local"], ["serve", "--port", "0"], ["eval", "--tasks", "t"],
+                ["batch", str(source), str(tmp_path / "out.jsonl"), "--model", "m", "--base-url", "http://127.0.0.1:9",
+                 "--dask-scheduler", "tcp://127.0.0.1:9"]]
+    done = subprocess.run([sys.executable, "-c", MISSING_EXTRAS, *map(json.dumps, commands)], capture_output=True,
+                          text=True, env=subprocess_env(TINKER_API_KEY="tml-unused"), timeout=90)
+    assert done.returncode == 0, done.stderr
+    (sample, serve, evaluate, batch) = json.loads(done.stdout)
+    assert sample == [1, "error: --local needs the server extra (aiohttp is missing): pip install 'tinkex[server]'"]
+    assert serve == [1, "error: tinkex serve needs the server extra (aiohttp is missing): pip install 'tinkex[server]'"]
+    assert evaluate == [1, "error: tinkex eval needs the lm-eval extra (lm_eval is missing): "
+                           "pip install 'tinkex[lm-eval]'"]
+    assert batch == [1, "error: --dask-scheduler needs the dask extra (distributed is missing): "
+                        "pip install 'tinkex[dask]'"]
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 # ---------------------------------------------------------------- processes: Ctrl-C and serve
