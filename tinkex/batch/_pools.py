@@ -260,7 +260,8 @@ def exit_with_parent() -> None:
                      daemon=True).start()
 
 
-def _exit_when_ready(sentinel: int) -> None:
+# Runs in tests/reliability, but it ends in os._exit, so coverage never saves what it measured there.
+def _exit_when_ready(sentinel: int) -> None:  # pragma: no cover - ends the process with os._exit
     multiprocessing.connection.wait([sentinel])
     logger.warning("batch worker %d: the parent process is gone; exiting", os.getpid())
     os._exit(1)  # no atexit: nothing left to deliver results to, and closing could wait on the network
