@@ -11,8 +11,8 @@ import pytest
 from tests.support.virtual_clock import VirtualClock
 from tinkex._http import FakeTransport
 from tinkex._policy import PollPolicy
-from tinkex._sampling.poller import Completion, CompletionPoller
-from tinkex.errors import APITimeoutError, TinkexError
+from tinkex._sampling.poller import UNCLAIMED_TTL, Completion, CompletionPoller
+from tinkex.errors import APIConnectionError, APITimeoutError, BillingError, DecodeError, TinkexError
 
 PATH = "retrieve_futures"
 
@@ -165,3 +165,135 @@ def test_a_completion_that_arrives_before_its_waiter_is_kept_for_it() -> None:
     assert late.wait(1) == [Completion("r1")]
     the_poller.close()
     assert all("r1" not in c.body["retrieved_request_ids"] for c in transport.calls_to(PATH))
+
+
+def test_waiting_counts_the_registered_waiters() -> None:
+    the_poller, _, _ = poller({"completions": [], "cursor": 0})
+    assert the_poller.waiting == 0
+    the_poller.wait("r1", None, lambda c: None, lambda e: None)
+    the_poller.wait("r2", None, lambda c: None, lambda e: None)
+    assert the_poller.waiting == 2
+    the_poller.forget("r1")
+    assert the_poller.waiting == 1
+    the_poller.close()
+
+
+def test_an_earlier_deadline_cuts_the_poll_in_progress_and_repolls_at_once_with_its_bound() -> None:
+    """A waiter whose deadline falls inside the running long poll must not wait for that poll to end."""
+    in_poll, release = threading.Event(), threading.Event()
+    the_poller, transport, time_ = poller()
+
+    def held_then_cut(_call: Any) -> Any:
+        in_poll.set()
+        assert release.wait(5)
+        return APIConnectionError("the read was cut", url="http://fake.invalid")  # what an aborted read raises
+
+    transport.on(PATH, held_then_cut, {"completions": [{"state": "finished", "request_id": "r2"}], "cursor": 1})
+    done = Outcomes()
+    the_poller.wait("r1", None, done.add, done.add)  # no deadline: the poll runs for the policy's read timeout
+    assert in_poll.wait(5)
+    the_poller.wait("r2", time_.now + 3.0, done.add, done.add)  # earlier than the poll's end: the poll is cut
+    assert the_poller._poll_abort is not None and the_poller._poll_abort.aborted
+    release.set()
+    assert done.wait(1) == [Completion("r2")]
+    the_poller.close()
+    first, second = transport.calls_to(PATH)[:2]
+    assert "timeout" not in first.body
+    assert second.body["timeout"] == pytest.approx(3.0)  # re-sent bounded by r2's deadline
+    assert 1.0 not in time_.sleeps  # a cut poll is re-sent at once, not after the 1 s failure pause
+
+
+def test_a_later_deadline_leaves_the_poll_in_progress_alone() -> None:
+    in_poll, release = threading.Event(), threading.Event()
+    the_poller, transport, time_ = poller()
+
+    def held(_call: Any) -> Any:
+        in_poll.set()
+        assert release.wait(5)
+        return {"completions": [{"state": "finished", "request_id": "r1"}], "cursor": 1}
+
+    transport.on(PATH, held, {"completions": [], "cursor": 1})
+    done = Outcomes()
+    the_poller.wait("r1", time_.now + 5.0, done.add, done.add)
+    assert in_poll.wait(5)
+    the_poller.wait("r2", time_.now + 50.0, done.add, done.add)
+    assert the_poller._poll_abort is not None and not the_poller._poll_abort.aborted
+    release.set()
+    assert done.wait(1) == [Completion("r1")]
+    the_poller.close()
+
+
+def test_close_from_a_callback_on_the_poller_thread_returns() -> None:
+    """A callback runs on the poller's thread: closing from there must not try to join itself."""
+    the_poller, _, _ = poller({"completions": [{"state": "finished", "request_id": "r1"}], "cursor": 1})
+    done = Outcomes()
+
+    def close_then_record(completion: Completion) -> None:
+        the_poller.close()
+        done.add(completion)
+
+    the_poller.wait("r1", None, close_then_record, done.add)
+    assert done.wait(1) == [Completion("r1")]
+    the_poller._thread.join(5)
+    assert not the_poller._thread.is_alive()
+
+
+def test_402_pauses_for_the_billing_delay_then_polls_on() -> None:
+    the_poller, _, time_ = poller((402, {"detail": "pay"}),
+                                  {"completions": [{"state": "finished", "request_id": "r1"}], "cursor": 1})
+    done = Outcomes()
+    the_poller.wait("r1", None, done.add, done.add)
+    assert done.wait(1) == [Completion("r1")]
+    the_poller.close()
+    assert time_.sleeps == [PollPolicy().billing_delay]
+
+
+def test_402_past_the_billing_window_fails_every_waiter_with_the_billing_error() -> None:
+    time_ = VirtualClock()
+    transport = FakeTransport(clock=time_.clock())
+    transport.on(PATH, (402, {"detail": "pay"}))
+    the_poller = CompletionPoller(transport, "s:sample:0", 0, clock=time_.clock(), policy=PollPolicy(),
+                                  billing_window=12.0)
+    done = Outcomes()
+    the_poller.wait("r1", None, done.add, done.add)
+    (error,) = done.wait(1)
+    the_poller.close()
+    assert isinstance(error, TinkexError) and "retrieve_futures polling failed" in str(error)
+    assert isinstance(error.__cause__, BillingError)
+    assert time_.sleeps == [5.0, 5.0, 5.0]  # the 4th 402 comes 15 s into a 12 s window
+
+
+def test_a_completion_nobody_claims_is_acknowledged_after_its_time_to_live() -> None:
+    the_poller, transport, time_ = poller()
+
+    def much_later(_call: Any) -> dict:
+        time_.advance(UNCLAIMED_TTL + 1)
+        return {"completions": [], "cursor": 1}
+
+    transport.on(PATH, {"completions": [{"state": "finished", "request_id": "ghost"}], "cursor": 1},
+                 much_later, {"completions": [{"state": "finished", "request_id": "r1"}], "cursor": 2})
+    done = Outcomes()
+    the_poller.wait("r1", None, done.add, done.add)
+    assert done.wait(1) == [Completion("r1")]
+    the_poller.close()
+    polls = transport.calls_to(PATH)
+    assert [p.body["retrieved_request_ids"] for p in polls[:3]] == [[], [], ["ghost"]]
+    assert "ghost" not in the_poller._unclaimed
+
+
+@pytest.mark.parametrize("answer, message", [
+    ([], "without a completions list"),
+    ({"completions": {}, "cursor": 1}, "without a completions list"),
+    ({"completions": []}, "without an integer cursor"),
+    ({"completions": [], "cursor": True}, "without an integer cursor"),
+    ({"completions": [], "cursor": "3"}, "without an integer cursor"),
+    ({"completions": [{"state": "finished"}], "cursor": 1}, "a completion without a request_id"),
+    ({"completions": ["r1"], "cursor": 1}, "a completion without a request_id"),
+])
+def test_a_malformed_answer_fails_every_waiter_with_a_decode_error(answer: Any, message: str) -> None:
+    the_poller, _, _ = poller(answer)
+    done = Outcomes()
+    the_poller.wait("r1", None, done.add, done.add)
+    (error,) = done.wait(1)
+    the_poller.close()
+    assert isinstance(error, DecodeError) and message in str(error)

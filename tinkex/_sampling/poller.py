@@ -217,7 +217,7 @@ class CompletionPoller:
             try:
                 state.billing.check(error)
             except APIStatusError as exc:
-                raise self._broken(exc) from None
+                raise self._broken(exc) from exc  # keeps the BillingError as the cause, like every other failure
             self._pause(self._policy.billing_delay)
         else:
             raise self._broken(error)
