@@ -6,13 +6,27 @@ and what happens when a layer below gives up.
 
 from __future__ import annotations
 
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import attrs
 import pytest
 
 from tests.support.loops import Rig, call, promise_for_seq, result_bytes
 from tinkex._policy import RetryConfig
+from tinkex._sampling.call import MAX_SESSION_RECOVERIES
 from tinkex._session import SessionInfo
-from tinkex.errors import APITimeoutError, ConflictError, NotFoundError, RequestFailedError
+from tinkex.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    BadRequestError,
+    ClientClosedError,
+    ConflictError,
+    NotFoundError,
+    RequestFailedError,
+)
+from tinkex.types import DynamicConfig
 
 
 def test_a_sample_end_to_end_carries_its_sequence_ids() -> None:
@@ -127,3 +141,102 @@ def test_a_final_error_carries_no_wrapper_and_pickles() -> None:
         assert type(chain).__name__ != "Final"
         chain = chain.__context__
     assert pickle.loads(pickle.dumps(raised.value)).request_id == raised.value.request_id
+
+
+def forgetful_server(rig: Rig, sessions: int) -> None:
+    """Every asample is refused as if the server had restarted; each recovery gets new ids."""
+    rig.transport.on("asample", (400, {"detail": "unknown sampling session"}))
+    rig.transport.on("session_heartbeat", (404, {"detail": "gone"}))
+    rig.transport.on("create_session", *[{"session_id": f"sess-{n}"} for n in range(2, 2 + sessions)])
+    rig.transport.on("create_sampling_session",
+                     *[{"sampling_session_id": f"sess-{n}:sample:0"} for n in range(2, 2 + sessions)])
+    for n in range(1, 2 + sessions):
+        rig.transport.on(f"samplers/sess-{n}:sample:0", (404, {"detail": "gone"}))
+    rig.holder._info = SessionInfo(session_id="sess-1", client_config=rig.state.client_config,
+                                   dynamic_config=rig.state.dynamic_config)
+
+
+def test_session_recovery_stops_after_three_per_call() -> None:
+    """A server that forgets the session on every request is not chased forever."""
+    rig = Rig()
+    forgetful_server(rig, sessions=5)
+    with pytest.raises(BadRequestError):
+        rig.sampler.execute(rig.state, call())
+    sent = [c.body["sampling_session_id"] for c in rig.transport.calls_to("asample")]
+    assert sent == ["sess-1:sample:0", "sess-2:sample:0", "sess-3:sample:0", "sess-4:sample:0"]
+    assert len(rig.transport.calls_to("create_sampling_session")) == MAX_SESSION_RECOVERIES
+
+
+def test_a_failed_recovery_raises_the_original_error(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    forgetful_server(rig, sessions=1)
+    rig.transport._scripts["create_session"].clear()
+    rig.transport.on("create_session", (403, {"detail": "no new sessions"}))
+    with pytest.raises(BadRequestError, match="unknown sampling session"):
+        rig.sampler.execute(rig.state, call())
+    assert "Could not re-create the sampling session" in caplog.text and "no new sessions" in caplog.text
+    assert len(rig.transport.calls_to("asample")) == 1
+
+
+def test_a_result_in_the_asample_answer_needs_no_poll() -> None:
+    rig = Rig()
+    rig.transport.on("asample", {"sequences": [{"tokens": [3], "stop_reason": "length"}]})
+    assert rig.sampler.execute(rig.state, call()).sequences[0].tokens == [3]
+    assert rig.transport.calls_to("retrieve_future") == []
+
+
+def slow_polls(rig: Rig, seconds: float) -> None:
+    def try_again_later(_call: object) -> dict:
+        rig.time.advance(seconds)
+        return {"type": "try_again"}
+
+    rig.transport.on("asample", promise_for_seq)
+    rig.transport.on("retrieve_future", try_again_later, try_again_later, result_bytes())
+
+
+def test_no_progress_for_the_progress_timeout_is_a_stuck_connection_error() -> None:
+    rig = Rig(sample_no_retries=True)
+    rig.state = rig.target.publish(attrs.evolve(rig.state, retry_config=RetryConfig(progress_timeout=60.0)))
+    slow_polls(rig, 40.0)
+    with pytest.raises(APIConnectionError, match=r"No progress made in 60\.0s"):
+        rig.sampler.execute(rig.state, call())
+    assert len(rig.transport.calls_to("retrieve_future")) == 2  # stuck found before the third poll
+
+
+def test_stuck_detection_turned_off_by_the_server_lets_a_slow_call_finish() -> None:
+    rig = Rig(sample_enable_stuck_detection=False)
+    rig.state = rig.target.publish(attrs.evolve(rig.state, retry_config=RetryConfig(progress_timeout=60.0)))
+    slow_polls(rig, 40.0)
+    assert rig.sampler.execute(rig.state, call()).sequences[0].tokens == [7, 8, 9]
+
+
+def test_a_poller_is_refused_once_the_pollers_are_closed() -> None:
+    rig = Rig(sample_use_retrieve_futures=True)
+    rig.sampler.close_pollers()
+    with pytest.raises(ClientClosedError):
+        rig.sampler.poller_for(rig.state)
+
+
+def test_cancel_polling_at_close_stops_at_the_first_failure(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tinkex._sampling.call")
+    rig = Rig()
+    state = rig.target.publish(attrs.evolve(rig.state, dynamic_config=DynamicConfig(sample_cancel_enabled=True)))
+    polling, release = threading.Semaphore(0), threading.Event()
+
+    def held(_call: object) -> tuple:
+        polling.release()
+        release.wait(5)
+        return result_bytes()
+
+    rig.transport.on("asample", promise_for_seq)
+    rig.transport.on("retrieve_future", held)
+    rig.transport.on("cancel_future", (500, {"detail": "down"}))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(rig.sampler.execute, state, call()) for _ in range(2)]
+        assert polling.acquire(timeout=5) and polling.acquire(timeout=5)
+        assert rig.sampler.cancel_polling(state) == 0
+        release.set()
+        assert all(f.result(5).sequences for f in futures)
+    (sent,) = rig.transport.calls_to("cancel_future")  # the second is not tried after the first failed
+    assert sent.body["request_id"] == "req-0"
+    assert "cancel_future for req-0 at close failed" in caplog.text
