@@ -158,3 +158,12 @@ def test_a_result_instead_of_a_promise_is_accepted() -> None:
     rig.transport.on("asample", {"sequences": [{"tokens": [1, 2], "stop_reason": "length"}]})
     answer = rig.submitter.asample(rig.state, call(), seq_id=0)
     assert answer.sequences[0].tokens == [1, 2]
+
+
+@pytest.mark.parametrize("body", [b"slow down", b"[]", b"{}"])
+def test_a_429_without_a_queue_state_backs_off_and_reports_nothing(body: bytes) -> None:
+    rig = Rig()
+    rig.transport.on("asample", (429, body), promise(3))
+    assert rig.submitter.asample(rig.state, call(), seq_id=3).request_id == "req-3"
+    assert rig.seq_ids() == [3, 3] and rig.time.sleeps == [1.0]
+    assert rig.observer.reports == []
