@@ -219,3 +219,18 @@ def test_metadata_again_after_asking_for_the_result_is_a_decode_error() -> None:
 def test_a_json_array_is_a_decode_error() -> None:
     with pytest.raises(DecodeError):
         Loop([1, 2]).run()
+
+
+@pytest.mark.parametrize("body", [b"<html>gateway timeout</html>", b"[]", b'{"detail": "slow"}'])
+def test_a_408_without_a_queue_state_repolls_and_reports_nothing(body: bytes) -> None:
+    loop = Loop((408, body), result_bytes())
+    loop.run()
+    assert len(loop.polls) == 2 and loop.events == ["poll_408"]
+    assert loop.queue_states == []
+
+
+def test_complete_metadata_without_a_size_reserves_nothing_and_asks_for_the_result() -> None:
+    loop = Loop({"status": "complete_metadata"}, result_bytes())
+    assert loop.run().sequences[0].tokens == [7, 8, 9]
+    assert loop.reserved == []
+    assert [p.body["allow_metadata_only"] for p in loop.polls] == [True, False]
