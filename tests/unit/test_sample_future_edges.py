@@ -1,0 +1,59 @@
+"""The sample future's cancellation with waiters, and sample requests whose prompt length is unknown."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import Any, List
+
+import pytest
+
+from tests.support.waiting import wait_until
+from tinkex import types
+from tinkex._sampling.future import SampleFuture
+from tinkex._sampling.request import Extras, build_request
+from tinkex.errors import ValidationError
+
+
+def test_cancelling_a_running_sample_wakes_a_thread_waiting_on_it() -> None:
+    future: SampleFuture[int] = SampleFuture()
+    assert future.set_running_or_notify_cancel()
+    outcome: List[Any] = []
+    waiter = threading.Thread(target=lambda: outcome.append(concurrent.futures.wait([future], timeout=5)))
+    waiter.start()
+    wait_until(lambda: bool(future._waiters))  # concurrent.futures.wait has registered on the future
+    assert future.cancel()
+    waiter.join(5)
+    (result,) = outcome
+    assert result.done == {future} and not result.not_done
+    assert future.cancelled() and future.cancel_event.is_set()
+
+
+def test_a_cancelled_running_sample_ignores_its_late_outcome() -> None:
+    """The worker may finish (or fail) after the caller cancelled: the future stays cancelled."""
+    for finish in (lambda f: f.set_exception(RuntimeError("late")), lambda f: f.set_result(1)):
+        future: SampleFuture[int] = SampleFuture()
+        assert future.set_running_or_notify_cancel() and future.cancel()
+        finish(future)
+        assert future.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(0)
+
+
+def test_an_image_without_expected_tokens_skips_the_prompt_length_checks() -> None:
+    """With an image of unknown size the prompt's length is unknown here: the server checks it."""
+    prompt = types.ModelInput(chunks=[types.EncodedTextChunk(tokens=[1, 2]),
+                                      types.ImageChunk(data=b"\x89PNG", format="png")])
+    targets = types.TensorData(data=[7] * 9, dtype="int64", shape=[9, 1])
+    extras = Extras(include_prompt_logprobs=True, prompt_logprobs_last_n=50, target_prompt_logprobs=targets)
+    body = build_request(prompt, types.SamplingParams(max_tokens=2), 1, extras).to_json()
+    assert body["prompt_logprobs_last_n"] == 50
+    assert body["target_prompt_logprobs"]["shape"] == [9, 1]
+
+
+def test_a_known_prompt_length_still_bounds_the_same_arguments() -> None:
+    prompt = types.ModelInput(chunks=[types.EncodedTextChunk(tokens=[1, 2]),
+                                      types.ImageChunk(data=b"\x89PNG", format="png", expected_tokens=3)])
+    extras = Extras(include_prompt_logprobs=True, prompt_logprobs_last_n=50)
+    with pytest.raises(ValidationError, match=r"at most len\(prompt\) - 1 = 4"):
+        build_request(prompt, types.SamplingParams(max_tokens=2), 1, extras)
