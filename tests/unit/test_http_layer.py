@@ -7,6 +7,7 @@ import pytest
 from tests.support.virtual_clock import VirtualClock
 from tinkex._config import Config
 from tinkex._http import FakeTransport
+from tinkex._http.transport import Transport
 from tinkex.errors import APIConnectionError, APITimeoutError, AuthenticationError, InternalServerError
 
 
@@ -76,3 +77,37 @@ def test_a_closed_transport_abandons_the_retry_wait() -> None:
     fake.on("create_session", close_then_fail)
     with pytest.raises(APIConnectionError, match="closing|closed"):
         fake.request("POST", "create_session", body={})
+
+
+def test_cloudflare_access_credentials_go_in_every_call() -> None:
+    env = {"CLOUDFLARE_ACCESS_CLIENT_ID": "cf-id.access", "CLOUDFLARE_ACCESS_CLIENT_SECRET": "cf-secret"}
+    config = Config.from_env(api_key="tml-http-layer", base_url="http://fake.invalid", environ=env)
+    fake = FakeTransport(config, clock=VirtualClock().clock())
+    fake.on("healthz", {"status": "ok"})
+    fake.request("GET", "healthz")
+    (sent,) = fake.calls
+    assert sent.headers["CF-Access-Client-Id"] == "cf-id.access"
+    assert sent.headers["CF-Access-Client-Secret"] == "cf-secret"
+    assert fake.base_url == "http://fake.invalid"
+
+
+def test_a_deadline_already_past_sends_nothing() -> None:
+    fake, time_ = transport()
+    fake.on("create_session", {"session_id": "s"})
+    with pytest.raises(APITimeoutError, match="deadline passed before it was sent"):
+        fake.request("POST", "create_session", body={}, deadline=time_.now)
+    assert fake.calls == [] and time_.sleeps == []  # a deadline is never retried
+
+
+def test_the_shared_timeouts_stay_few_however_many_read_timeouts_calls_use() -> None:
+    real = Transport(Config.from_env(api_key="tml-http-layer", base_url="http://fake.invalid", connect_timeout=3.0))
+    try:
+        built = [real._urllib3_timeout(float(seconds), None) for seconds in range(1, 41)]
+        assert [t.read_timeout for t in built] == [float(s) for s in range(1, 41)]
+        assert all(t.connect_timeout == 3.0 for t in built)
+        assert len(real._timeout_cache) <= 16
+        assert real._urllib3_timeout(40.0, None) is built[-1]  # the latest ones are still shared
+        with_deadline = real._urllib3_timeout(40.0, real.clock.monotonic() + 2.0)
+        assert with_deadline is not built[-1] and with_deadline.read_timeout <= 2.0
+    finally:
+        real.close()
