@@ -141,3 +141,20 @@ def test_a_body_finished_after_the_deadline_is_reported_as_such_without_a_retry_
     error = late_call(hostile, chunked, redirected)
     assert "ran past the deadline" in str(error)
     assert "retrying" not in caplog.text
+
+
+def test_a_configured_proxy_gets_every_call_with_its_absolute_url(hostile: HostileServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a proxy the direct urllib3 path is off: calls go through requests, to the proxy."""
+    monkeypatch.setenv("HTTP_PROXY", hostile.base_url)
+    monkeypatch.delenv("NO_PROXY")
+    hostile.on("http://tinker.invalid/api/v1/create_session", json_reply({"session_id": "via-proxy"}))
+    config = Config.from_env(api_key=KEY, base_url="http://tinker.invalid", environ={})
+    transport = Transport(config, clock=VirtualClock().clock())
+    try:
+        answer = transport.request("POST", "create_session", body={}, max_retries=0)
+    finally:
+        transport.close()
+    assert answer.json("x") == {"session_id": "via-proxy"}
+    (sent,) = hostile.requests
+    assert sent.path == "http://tinker.invalid/api/v1/create_session" and sent.headers["X-API-Key"] == KEY
