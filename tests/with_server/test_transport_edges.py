@@ -8,10 +8,11 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from tests.reliability.hostile_server import HostileServer, json_reply, raw, redirect
+from tests.reliability.hostile_server import HostileServer, json_reply, raw, redirect, reply
 from tests.support.virtual_clock import VirtualClock
 from tinkex import errors
 from tinkex._config import Config
+from tinkex._http.sse import read_chunks
 from tinkex._http.transport import Transport
 
 KEY = "tml-transport-edges-0001"
@@ -158,3 +159,76 @@ def test_a_configured_proxy_gets_every_call_with_its_absolute_url(hostile: Hosti
     assert answer.json("x") == {"session_id": "via-proxy"}
     (sent,) = hostile.requests
     assert sent.path == "http://tinker.invalid/api/v1/create_session" and sent.headers["X-API-Key"] == KEY
+
+
+# -- the stream_sample response (tinkex._http.sse) ---------------------------------------------
+
+
+def test_an_error_answer_to_a_stream_whose_body_is_cut_is_a_connection_error(hostile: HostileServer) -> None:
+    hostile.on(API + "stream_sample", raw(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                          b"Content-Length: 1000\r\n\r\n{\"detail\": \"bu"))
+    transport = make(hostile, VirtualClock())
+    try:
+        with pytest.raises(errors.APIConnectionError, match="reading the answer of") as raised:
+            transport.open_stream("stream_sample", b"{}", {}, 5.0, None)
+    finally:
+        transport.close()
+    assert not isinstance(raised.value, errors.APIStatusError)
+
+
+class Urllib3V1Body:
+    """The body API of urllib3 1.26 (no ``read1``), over a real urllib3 2 response: what
+    ``read_chunks`` falls back to when an older urllib3 is installed."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.chunked = real.chunked
+        self.connection = real.connection
+
+    def supports_chunked_reads(self) -> bool:
+        return bool(self._real.supports_chunked_reads())
+
+    def read_chunked(self, amt: Any = None, decode_content: Any = None) -> Iterator[bytes]:
+        return self._real.read_chunked(amt, decode_content=decode_content)  # type: ignore[no-any-return]
+
+    def stream(self, amt: int, decode_content: Any = None) -> Iterator[bytes]:
+        return self._real.stream(amt, decode_content=decode_content)  # type: ignore[no-any-return]
+
+
+EVENTS = [b'event: token\ndata: {"index": 0, "token_id": 72}\n\n', b'event: done\ndata: {"total_tokens": 1}\n\n']
+
+
+def chunked_events(handler: Any) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    for event in EVENTS:
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+        handler.wfile.flush()
+    handler.wfile.write(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+def test_reading_a_stream_with_the_urllib3_1_body_api(hostile: HostileServer, chunked: bool) -> None:
+    """urllib3 1.26 has no ``read1``: a chunked body is read one HTTP chunk per read, any other
+    body in reads of ``read_size`` bytes."""
+    body = b"".join(EVENTS)
+    hostile.on(API + "stream_sample", chunked_events if chunked else
+               reply(200, body, content_type="text/event-stream"))
+    time_ = VirtualClock()
+    transport = make(hostile, time_)
+    try:
+        stream = transport.open_stream("stream_sample", b"{}", {}, 5.0, None)
+        real = stream._raw
+        old = type("Old", (), {"raw": Urllib3V1Body(real.raw), "url": real.url})()
+        pieces = list(read_chunks(old, clock=time_.clock(), idle_timeout=5.0, deadline=time_.now + 30.0,
+                                  read_size=16))
+        stream.close()
+    finally:
+        transport.close()
+    assert b"".join(pieces) == body
+    if chunked:
+        assert pieces == EVENTS
+    else:
+        assert all(len(piece) == 16 for piece in pieces[:-1]) and len(pieces) == -(-len(body) // 16)
