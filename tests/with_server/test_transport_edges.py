@@ -132,10 +132,6 @@ def test_a_body_finished_after_the_deadline_is_a_timeout_and_not_resent(
     assert [r.path[len(API):] for r in hostile.requests] == expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: _read_direct/_read_body catch LIBRARY_ERRORS, which holds OSError; _DeadlineExceeded is a TimeoutError "
-    "(an OSError), so the 'ran past the deadline' error is re-mapped to a retryable APITimeoutError ('timed out "
-    "waiting for the answer'), a 'retrying' WARNING is logged, and the caller gets 'ran out of time while retrying'"))
 @LATE_CASES
 def test_a_body_finished_after_the_deadline_is_reported_as_such_without_a_retry_warning(
         hostile: HostileServer, chunked: bool, redirected: bool, caplog: pytest.LogCaptureFixture) -> None:

@@ -386,6 +386,8 @@ class Transport:
                     raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
                 return content
             return self._collect(raw.stream(_READ_CHUNK, decode_content=True), raw.headers, url, deadline)
+        except _DeadlineExceeded:
+            raise  # a TimeoutError, so an OSError: it must not pass for a library error (retryable)
         except LIBRARY_ERRORS as exc:
             raise library_error("reading the answer of", url, exc) from None
 
@@ -444,6 +446,8 @@ class Transport:
     def _read_body(self, raw: requests.Response, deadline: Optional[float]) -> bytes:
         try:
             return self._collect(raw.iter_content(_READ_CHUNK), raw.headers, raw.url, deadline)
+        except _DeadlineExceeded:
+            raise  # a TimeoutError, so an OSError: it must not pass for a library error (retryable)
         except LIBRARY_ERRORS as exc:
             raise library_error("reading the answer of", raw.url, exc) from None
 
