@@ -231,3 +231,40 @@ def test_work_the_pool_drops_at_shutdown_is_reported_stopped() -> None:
         assert scheduler.running == 0 and (busy.state, busy.category) == (CANCELLED, "server")
 
     on_loop(scenario, max_concurrent=3, delay_s=5.0)
+
+
+def test_an_answer_read_whole_waits_its_decoding_time_on_a_timer_not_on_a_worker() -> None:
+    async def scenario(scheduler: Scheduler, store: Store, executor: DaemonExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first, second = record_of(store, max_tokens=4), record_of(store, max_tokens=4)
+        scheduler.submit(first)
+        scheduler.submit(second)  # two slots, ONE worker: both can only overlap if neither holds it
+        assert scheduler.running == 2
+        assert await scheduler.wait(first, 10) and await scheduler.wait(second, 10)
+        took = loop.time() - started
+        # 4 tokens x 0.1 s each; run one after the other on the worker they would take 0.8 s
+        assert 0.4 <= took < 0.7, took
+        assert (first.state, second.state) == (DONE, DONE) and scheduler.running == 0
+
+    on_loop(scenario, workers=1, max_concurrent=2, delay_s=0.1)
+
+
+def test_a_cancel_while_decoding_frees_the_slot_at_once() -> None:
+    async def scenario(scheduler: Scheduler, store: Store, _executor: DaemonExecutor) -> None:
+        slow, waiting = record_of(store, max_tokens=50), record_of(store, max_tokens=1)
+        scheduler.submit(slow)  # 50 tokens x 0.2 s: 10 s of decoding
+        scheduler.submit(waiting)
+        assert waiting.state == QUEUED
+        for _ in range(1000):  # until the worker has generated and the timer holds the slot
+            if scheduler._decoding:
+                break
+            await asyncio.sleep(0.001)
+        assert slow in scheduler._decoding and slow.state == RUNNING
+        assert scheduler.cancel(slow)
+        assert slow.state == CANCELLED and not scheduler._decoding
+        assert waiting.state == RUNNING  # the freed slot went to the queued request at once
+        assert await scheduler.wait(waiting, 5) and waiting.state == DONE
+        assert scheduler.running == 0
+
+    on_loop(scenario, delay_s=0.2)

@@ -18,7 +18,7 @@ import functools
 import logging
 import threading
 from concurrent.futures import Executor
-from typing import Deque, Optional, Tuple
+from typing import Deque, Dict, Optional, Tuple
 
 from ..errors import ValidationError
 from ..types import SampleResponse
@@ -72,6 +72,8 @@ class Scheduler:
         self._inline_cheap = inline_cheap and token_delay_s == 0
         self._inline_max_tokens = inline_max_tokens
         self._queue: Deque[RequestRecord] = collections.deque()
+        # generated answers waiting out their simulated decoding time: their timer and result
+        self._decoding: Dict[RequestRecord, Tuple[asyncio.TimerHandle, asyncio.Future[SampleResponse]]] = {}
         self.running = 0
         self.queued = 0
 
@@ -104,10 +106,35 @@ class Scheduler:
         record.state = RUNNING
         record.cancel_flag = threading.Event()
         emit = self._threadsafe_emitter(record) if record.streaming else None
+        # A streamed answer is paced token by token on its worker. One read whole is generated at
+        # once and its decoding time waited here, on a timer: thousands of slow generations then
+        # hold no thread, and no crowd of waking threads starves the event loop of the GIL.
+        delay = self._delay_s if record.streaming else 0.0
         future = self._loop.run_in_executor(
-            self._executor, run_plan, _plan_of(record), record.cancel_flag, self._delay_s, emit
+            self._executor, run_plan, _plan_of(record), record.cancel_flag, delay, emit
         )
-        future.add_done_callback(functools.partial(self._worker_done, record))
+        future.add_done_callback(functools.partial(self._generated, record, self._loop.time()))
+
+    def _generated(self, record: RequestRecord, started: float, future: asyncio.Future[SampleResponse]) -> None:
+        remaining = self._decoding_left(record, started, future)
+        if remaining <= 0:
+            self._worker_done(record, future)
+            return
+        handle = self._loop.call_later(remaining, self._decoded, record, future)
+        self._decoding[record] = (handle, future)
+
+    def _decoding_left(self, record: RequestRecord, started: float, future: asyncio.Future[SampleResponse]) -> float:
+        """Seconds of simulated decoding still owed by a generation read whole (0: settle now)."""
+        if not self._delay_s or record.streaming or record.state != RUNNING or future.cancelled():
+            return 0.0
+        if future.exception() is not None:
+            return 0.0
+        tokens = sum(len(sequence.tokens) for sequence in future.result().sequences)
+        return self._delay_s * tokens - (self._loop.time() - started)
+
+    def _decoded(self, record: RequestRecord, future: asyncio.Future[SampleResponse]) -> None:
+        self._decoding.pop(record, None)
+        self._worker_done(record, future)
 
     def _threadsafe_emitter(self, record: RequestRecord) -> Emit:
         call_soon = self._loop.call_soon_threadsafe
@@ -171,7 +198,12 @@ class Scheduler:
             self.queued -= 1
         elif record.cancel_flag is not None:
             record.cancel_flag.set()
+        decoding = self._decoding.pop(record, None)
         self._complete(record, CANCELLED, error=reason, category=category)
+        if decoding is not None:  # generated, waiting out its decoding time: free the slot now
+            handle, future = decoding
+            handle.cancel()
+            self._worker_done(record, future)
         return True
 
     def _complete(
