@@ -19,7 +19,7 @@ from ._config import redact_error
 from ._policy import PollPolicy, RetryConfig
 from ._sampling.call import Sampler
 from ._sampling.detached import DetachedRun
-from ._sampling.engine import Engine, build_engine
+from ._sampling.engine import RETIRE_ABOVE, Engine, build_engine
 from ._sampling.future import APIFuture, Cancelled, SampleFuture
 from ._sampling.pickling import Ownership, decode_handle, encode_handle, reduce_payload, restore_sampling_client
 from ._sampling.request import Extras, build_request, check_answer
@@ -95,7 +95,8 @@ class SamplingClient:
         self._lifecycle = _Lifecycle.INITIALISING
         self._lock = threading.Lock()  # guards _lifecycle and the publication of _engine
         self._pending: Set[Future[Any]] = set()
-        self._pending_lock = threading.Lock()  # guards _pending, the futures close() must cancel
+        self._pending_lock = threading.Lock()  # guards _pending (the futures close() must cancel) and its peak
+        self._pending_peak = 0  # most futures pending at once since the pool was built
         self._record_stability_info = record_stability_info
         self._ready: APIFuture[SamplingClient] = APIFuture()
         self._init_thread = threading.Thread(target=self._initialise, name="tinkex-sampling-init", daemon=True)
@@ -295,15 +296,37 @@ class SamplingClient:
         call = SampleCall.of(request, prompt, timeout, self._clock, method)
         # cancel() sets call.cancel itself; the abort cuts a read the worker is blocked in
         future: SampleFuture[Any] = SampleFuture(call.cancel, on_cancel=call.abort.abort)
+        engine = self._retire_idle_workers(engine)
         with self._pending_lock:
             self._pending.add(future)
+            self._pending_peak = max(self._pending_peak, len(self._pending))
         future.add_done_callback(self._forget)
-        try:
-            engine.executor.submit(self._run, engine, future, call, finish, state)
-        except RuntimeError:  # the pool shut down between the closed check and here
-            future.cancel()
-            raise ClientClosedError("this SamplingClient is closed") from None
-        return future
+        while True:
+            try:
+                engine.executor.submit(self._run, engine, future, call, finish, state)
+                return future
+            except RuntimeError:  # that pool shut down: the client closed, or it was just replaced
+                newer = self._engine
+                if self.closed or newer is None or newer is engine:
+                    future.cancel()
+                    raise ClientClosedError("this SamplingClient is closed") from None
+                engine = newer
+
+    def _retire_idle_workers(self, engine: Engine) -> Engine:
+        """A pool that grew past ``RETIRE_ABOVE`` workers is replaced by a fresh one when nothing is in
+        flight (see :data:`tinkex._sampling.engine.RETIRE_ABOVE`); the old one's idle workers exit."""
+        if not engine.retires_workers or self._pending_peak <= RETIRE_ABOVE or self._pending:
+            return engine  # the common case, decided without a lock
+        with self._lock, self._pending_lock:  # close() takes _lock first too: one order, no deadlock
+            current = self._engine
+            if (self._lifecycle is not _Lifecycle.READY or current is None or self._pending
+                    or self._pending_peak <= RETIRE_ABOVE):
+                return current or engine
+            self._engine = fresh = current.with_fresh_pool()
+            self._pending_peak = 0
+        current.executor.shutdown(wait=False)  # nothing in flight: its workers are idle and exit now
+        logger.debug("Replaced an idle pool of up to %d workers with a fresh one", current.workers)
+        return fresh
 
     def _forget(self, future: Future[Any]) -> None:
         with self._pending_lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from typing import Callable
@@ -75,3 +76,57 @@ def test_cancel_reaches_the_server_within_half_a_second_while_a_poll_is_held(
         assert len(quick.result(3).sequences[0].tokens) == 2
         assert time.monotonic() - started < 3
     service.close()
+
+
+def workers_of(client: tinkex.SamplingClient) -> int:
+    prefix = f"tinkex-sample-{client.sampling_session_id}"
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith(prefix) and thread.is_alive())
+
+
+def test_after_a_burst_the_idle_workers_retire_and_sampling_goes_on(fresh_server: Callable[..., LocalServer]) -> None:
+    """A burst of 200 overlapping samples grows the pool to ~200 workers; the next call, with
+    nothing in flight, swaps in a fresh pool, and the old workers exit."""
+    server = fresh_server(models=(ECHO_MODEL,), token_delay_ms=50, poll_hold_s=10, max_concurrent_generations=500)
+    with tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url) as service:
+        client = service.create_sampling_client(base_model=ECHO_MODEL)
+        params = types.SamplingParams(max_tokens=4, seed=1)
+        burst = [client.sample(PROMPT, 1, params) for _ in range(200)]
+        assert all(len(f.result(60).sequences[0].tokens) == 4 for f in burst)
+        grown = workers_of(client)
+        one = client.sample(PROMPT, 1, params).result(30)
+        wait_until(lambda: workers_of(client) <= 2, timeout=10)
+        again = [client.sample(PROMPT, 1, params).result(30) for _ in range(3)]
+    assert grown > 64, f"the burst only grew the pool to {grown} workers"
+    assert [len(r.sequences[0].tokens) for r in (one, *again)] == [4, 4, 4, 4]
+
+
+def test_callers_racing_a_pool_swap_all_get_their_samples(fresh_server: Callable[..., LocalServer],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Waves of overlapping samples from several threads: each quiet moment swaps the pool while
+    other threads are about to submit to the old one; none of them may see the client closed."""
+    server = fresh_server(models=(ECHO_MODEL,), token_delay_ms=10, poll_hold_s=10, max_concurrent_generations=500)
+    errors: list = []
+    with tinkex.ServiceClient(api_key=server.api_key, base_url=server.base_url) as service:
+        client = service.create_sampling_client(base_model=ECHO_MODEL)
+        params = types.SamplingParams(max_tokens=2, seed=1)
+
+        quiet = threading.Barrier(4)  # every wave starts with nothing in flight: a swap, raced by the others
+
+        def waves() -> None:
+            for _ in range(6):
+                try:
+                    quiet.wait(60)
+                    futures = [client.sample(PROMPT, 1, params) for _ in range(60)]
+                    assert all(len(f.result(60).sequences[0].tokens) == 2 for f in futures)
+                except BaseException as exc:  # collected: an assertion in a thread would be lost
+                    errors.append(exc)
+
+        callers = [threading.Thread(target=waves) for _ in range(4)]
+        with caplog.at_level(logging.DEBUG, logger="tinkex.sampling_client"):
+            for caller in callers:
+                caller.start()
+            for caller in callers:
+                caller.join(120)
+    assert errors == []
+    assert not any(caller.is_alive() for caller in callers)
+    assert "Replaced an idle pool" in caplog.text  # the race this test is about did happen
