@@ -113,9 +113,7 @@ def urllib3_loop(url: str, api_key: str, sampling_session_id: str, request: Dict
 def transport_loop(client: Any, request: Dict[str, Any]) -> Loop:
     """The same two calls through tinkex's own ``Transport.request`` on the calling thread: what
     tinkex's HTTP layer adds to urllib3 (headers, retries, deadline watch, body cap)."""
-    transport, ssid = client._engine.transport, client.sampling_session_id  # a benchmark may read privates
-    body = _bodies(ssid, request, 5 * 10**9)
-    seq = [0]
+    transport = client._engine.transport  # a benchmark may read privates
 
     def post(path: str, payload: bytes) -> tuple:
         headers = ASAMPLE_HEADERS if path.endswith("asample") else POLL_HEADERS
@@ -123,13 +121,7 @@ def transport_loop(client: Any, request: Dict[str, Any]) -> Loop:
                                    check=False)
         return answer.status, answer.content_type, answer.content
 
-    def run(n: int) -> None:
-        for _ in range(n):
-            _, _, data = post("/api/v1/asample", body(seq[0]))
-            seq[0] += 1
-            _retrieve(post, json.loads(data)["request_id"])
-
-    return run
+    return _loop(post, client.sampling_session_id, request, 5 * 10**9)
 
 
 def sampler_loop(client: Any, prompt: Any, params: Any) -> Loop:
