@@ -25,32 +25,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
 import platform
-import re
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, TextIO
 
+from ._cli import describe, emit, print_response, stream_chunks
 from ._config import __version__
 from ._help import DefaultsHelpFormatter
 from ._logging import apply_log_level
 from .batch import cli as batch_cli
 from .errors import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    APITimeoutError,
     TinkexError,
     ValidationError,
 )
 from .sampling_client import SamplingClient
 from .service_client import ServiceClient
-from .tokenizers import IncrementalDecoder, Tokenizer, get_tokenizer
-from .types import ModelInput, SampleResponse, SampleStreamChunk, SamplingParams
+from .tokenizers import Tokenizer, get_tokenizer
+from .types import ModelInput, SamplingParams
 
 if TYPE_CHECKING:
     from .server import LocalServer
@@ -275,11 +270,6 @@ def _tokenizer(client: SamplingClient, args: argparse.Namespace) -> Tokenizer:
 # ---------------------------------------------------------------- commands
 
 
-def _emit(record: Dict[str, Any], out: TextIO) -> None:
-    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    out.flush()
-
-
 def _sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(max_tokens=args.max_tokens, seed=args.seed, stop=args.stop, temperature=args.temperature,
                           top_k=args.top_k, top_p=args.top_p)
@@ -292,81 +282,12 @@ def _run_sample(args: argparse.Namespace, out: TextIO) -> int:
         tokenizer = _tokenizer(client, args)
         prompt = ModelInput.from_text(args.prompt, tokenizer=tokenizer)
         if args.stream:
-            _stream(client.sample_stream(prompt, params, args.num_samples, timeout=args.timeout), tokenizer, args, out)
+            chunks = client.sample_stream(prompt, params, args.num_samples, timeout=args.timeout)
+            stream_chunks(chunks, tokenizer, args, out)
             return EXIT_OK
         response = client.sample(prompt, args.num_samples, params, timeout=args.timeout).result()
-    _print_response(response, tokenizer, args, out)
+    print_response(response, tokenizer, args, out)
     return EXIT_OK
-
-
-def _print_response(response: SampleResponse, tokenizer: Tokenizer, args: argparse.Namespace, out: TextIO) -> None:
-    texts = response.texts(tokenizer)
-    if args.json:
-        sequences = [
-            {"text": text, "tokens": seq.tokens, "logprobs": seq.logprobs, "stop_reason": seq.stop_reason.value}
-            for text, seq in zip(texts, response.sequences)
-        ]
-        _emit({"model": args.model, "prompt": args.prompt, "sequences": sequences}, out)
-        return
-    for number, (text, seq) in enumerate(zip(texts, response.sequences), start=1):
-        if len(texts) > 1:
-            out.write(f"--- sample {number}/{len(texts)} (stop: {seq.stop_reason.value}) ---\n")
-        out.write(text + "\n")
-    out.flush()
-
-
-class _Transcript:
-    """The text of each streamed sequence, decoded piece by piece (sequences may interleave)."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self._tokenizer = tokenizer
-        self._decoders: Dict[int, IncrementalDecoder] = {}
-        self._pieces: Dict[int, List[str]] = {}
-
-    def feed(self, index: int, token_id: int) -> str:
-        if index not in self._decoders:
-            self._decoders[index] = self._tokenizer.incremental_decoder()
-            self._pieces[index] = []
-        piece = self._decoders[index].feed(token_id)
-        self._pieces[index].append(piece)
-        return piece
-
-    def finish(self, index: int) -> Tuple[str, str]:
-        """The held-back tail of sequence ``index`` and its whole text."""
-        decoder = self._decoders.pop(index, None)
-        tail = decoder.flush() if decoder is not None else ""
-        return tail, "".join(self._pieces.pop(index, [])) + tail
-
-
-def _stream(chunks: Iterator[SampleStreamChunk], tokenizer: Tokenizer, args: argparse.Namespace, out: TextIO) -> None:
-    transcript = _Transcript(tokenizer)
-    try:
-        for chunk in chunks:
-            index = chunk.sequence_index
-            if chunk.is_token and chunk.token_id is not None:
-                piece = transcript.feed(index, chunk.token_id)
-                if args.json:
-                    _emit({"type": "token", "sequence_index": index, "index": chunk.index, "token_id": chunk.token_id,
-                           "text": piece, "logprob": chunk.logprob}, out)
-                elif piece:
-                    out.write(piece)
-                    out.flush()
-            elif chunk.is_done:
-                _finish_sequence(chunk, *transcript.finish(index), args, out)
-    finally:  # on Ctrl-C or an error too: the server stops generating at once
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-
-
-def _finish_sequence(chunk: SampleStreamChunk, tail: str, text: str, args: argparse.Namespace, out: TextIO) -> None:
-    if args.json:
-        reason = chunk.finish_reason.value if chunk.finish_reason is not None else None
-        _emit({"type": "done", "sequence_index": chunk.sequence_index, "finish_reason": reason,
-               "total_tokens": chunk.total_tokens, "text": text}, out)
-    else:
-        out.write(tail + "\n")
-        out.flush()
 
 
 def _run_logprobs(args: argparse.Namespace, out: TextIO) -> int:
@@ -378,7 +299,7 @@ def _run_logprobs(args: argparse.Namespace, out: TextIO) -> int:
     scored = [value for value in logprobs if value is not None]
     total = sum(scored)
     if args.json:
-        _emit({"model": args.model, "text": args.text, "tokens": tokens, "logprobs": logprobs, "total": total}, out)
+        emit({"model": args.model, "text": args.text, "tokens": tokens, "logprobs": logprobs, "total": total}, out)
         return EXIT_OK
     out.write(f"{'pos':>5} {'token':>7}  {'text':<14} logprob\n")
     for position, (token, value) in enumerate(zip(tokens, logprobs)):
@@ -394,7 +315,7 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
     with open_service(args) as service:
         capabilities = service.get_server_capabilities()
     if args.json:
-        _emit(capabilities.to_json(), out)
+        emit(capabilities.to_json(), out)
         return EXIT_OK
     for model in capabilities.supported_models:
         context = f"context {model.max_context_length}" if model.max_context_length else ""
@@ -407,7 +328,7 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
 def _run_version(args: argparse.Namespace, out: TextIO) -> int:
     python = platform.python_version()
     if args.json:
-        _emit({"tinkex": __version__, "python": python, "protocol_reference": f"tinker {PROTOCOL_REFERENCE}"}, out)
+        emit({"tinkex": __version__, "python": python, "protocol_reference": f"tinker {PROTOCOL_REFERENCE}"}, out)
     else:
         out.write(_version_text() + "\n")
     return EXIT_OK
@@ -466,91 +387,13 @@ def _configure_serve_logging(debug: bool) -> None:
         logging.getLogger("tinkex").setLevel(logging.DEBUG)
 
 
-# ---------------------------------------------------------------- error messages
-
-_AUTH_HINT = "check TINKER_API_KEY or --api-key"
-_MODELS_HINT = "`tinkex models` lists the models this server offers"
-_NO_KEY = "no API key: set TINKER_API_KEY or pass --api-key"
-_UNKNOWN_MODEL = re.compile(r"model", re.IGNORECASE)
-_NOT_KNOWN = re.compile(r"unknown|not found|no such|not available|unsupported|not supported", re.IGNORECASE)
-# The library's words for its constructor arguments, in the command's words.
-_CLI_WORDS = (
-    (re.compile(r"by passing api_key to the client"), "by passing --api-key"),
-    (re.compile(r"\bpass (\w+)=\.\.\."), lambda match: "pass --" + match.group(1).replace("_", "-")),
-    (re.compile(r"\b[Tt]he api_key client option"), "An API key"),
-    (re.compile(r"\bapi_key\b"), "API key"),
-)
-
-
-def _describe(exc: BaseException) -> str:
-    """One line for the user: the server's own words, what to do next, the request id."""
-    if isinstance(exc, APIStatusError):
-        message = _status_message(exc)
-    elif isinstance(exc, APIConnectionError) and not isinstance(exc, APITimeoutError) and _refused(exc):
-        message = f"no server at {_service_url(exc.url)} — start one with `tinkex serve` or pass --local"
-    elif isinstance(exc, ValidationError) and exc.field == "api_key" and exc.value is None:
-        message = _NO_KEY
-    else:
-        message = _cli_words(str(exc) or type(exc).__name__)
-    request_id = getattr(exc, "request_id", None)
-    if isinstance(exc, APIError) and request_id and request_id not in message:
-        message += f" (request id: {request_id})"
-    if "TINKER_API_KEY" in message and "--local" not in message:
-        message += " (or pass --local to use a local server)"
-    return " ".join(message.split())  # one line, whatever the server wrote
-
-
-def _status_message(exc: APIStatusError) -> str:
-    detail = exc.detail or f"the server answered HTTP {exc.status_code}"
-    message = f"{detail} (HTTP {exc.status_code}"
-    if exc.request_id:
-        message += f", request id: {exc.request_id}"
-    message += ")"
-    hint = _status_hint(exc.status_code, detail)
-    return f"{message} — {hint}" if hint else message
-
-
-def _status_hint(status: int, detail: str) -> Optional[str]:
-    if status in (401, 403):
-        return _AUTH_HINT
-    if 400 <= status < 500 and _UNKNOWN_MODEL.search(detail) and _NOT_KNOWN.search(detail):
-        return _MODELS_HINT
-    return None
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether nothing listens at the URL: a refused connection anywhere in the error's chain."""
-    seen: Set[int] = set()
-    pending: List[object] = [exc]
-    while pending:
-        error = pending.pop()
-        if not isinstance(error, BaseException) or id(error) in seen:
-            continue
-        seen.add(id(error))
-        if isinstance(error, ConnectionRefusedError):
-            return True
-        pending.extend([error.__cause__, error.__context__, getattr(error, "reason", None), *error.args])
-    text = str(exc)
-    return "refused" in text.lower() or "NewConnectionError" in text
-
-
-def _service_url(url: Optional[str]) -> str:
-    return url.split("/api/v1/", 1)[0] if url else "the configured URL"
-
-
-def _cli_words(message: str) -> str:
-    for pattern, replacement in _CLI_WORDS:
-        message = pattern.sub(replacement, message)
-    return message
-
-
 def _report(exc: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     expected = isinstance(exc, (TinkexError, CLIError, OSError))
     prefix = "error" if expected else f"unexpected error ({type(exc).__name__})"
     hint = "" if debug or expected else " [run with --debug for the traceback]"
-    print(f"{prefix}: {_describe(exc)}{hint}", file=sys.stderr)
+    print(f"{prefix}: {describe(exc)}{hint}", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -13,6 +13,8 @@ from typing import Iterator, List
 import pytest
 
 from tinkex import cli
+from tinkex._cli import messages as cli_messages
+from tinkex._cli import output as cli_output
 from tinkex.errors import APIConnectionError, APIStatusError
 from tinkex.tokenizers import get_tokenizer
 from tinkex.types import SampleStreamChunk, StopReason, StreamChunkKind
@@ -50,26 +52,27 @@ def test_streamed_text_holds_back_a_split_character_and_skips_chunks_without_a_t
             return super().write(text)
 
     out = Out()
-    cli._stream(iter(chunks), BYTE, argparse.Namespace(json=False), out)  # a plain iterator: nothing to close
+    # a plain iterator: nothing to close
+    cli_output.stream_chunks(iter(chunks), BYTE, argparse.Namespace(json=False), out)
     assert out.getvalue() == "hé\n"
     assert written == ["h", "é", "\n"]  # the lone first byte of é printed nothing
 
 
 def test_a_status_error_shows_the_request_id_and_no_hint_for_a_server_failure() -> None:
     error = APIStatusError("boom", status_code=503, body='{"detail": "overloaded"}', request_id="req-7")
-    assert cli._describe(error) == "overloaded (HTTP 503, request id: req-7)"  # the id once, no hint
+    assert cli_messages.describe(error) == "overloaded (HTTP 503, request id: req-7)"  # the id once, no hint
     bare = APIStatusError("boom", status_code=502, request_id="req-8")
-    assert cli._describe(bare) == "the server answered HTTP 502 (HTTP 502, request id: req-8)"
+    assert cli_messages.describe(bare) == "the server answered HTTP 502 (HTTP 502, request id: req-8)"
 
 
 def test_a_connection_error_that_is_not_a_refusal_is_shown_as_it_is() -> None:
     lookup = APIConnectionError("GET http://tinker.invalid/api/v1/healthz failed: name resolution failed",
                                 url="http://tinker.invalid/api/v1/healthz")
     lookup.__cause__ = OSError(-2, "Name or service not known")
-    assert cli._describe(lookup) == str(lookup)  # no "start one with `tinkex serve`": something listens, or not
+    assert cli_messages.describe(lookup) == str(lookup)  # no "start one with `tinkex serve`": something listens, or not
     refused = APIConnectionError("GET failed", url="http://127.0.0.1:9/api/v1/healthz")
     refused.__cause__ = ConnectionRefusedError(111, "Connection refused")
-    assert cli._describe(refused).startswith("no server at http://127.0.0.1:9 — ")
+    assert cli_messages.describe(refused).startswith("no server at http://127.0.0.1:9 — ")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 
 from tinkex import cli
+from tinkex._cli import messages as cli_messages
 from tinkex._config import __version__
 from tinkex.errors import RequestFailedError
 from tinkex.server import LocalServer
@@ -310,7 +311,7 @@ def test_unreachable_server_fails_fast(capsys: pytest.CaptureFixture[str], monke
 
 def test_errors_carry_the_request_id() -> None:
     error = RequestFailedError("Request failed: out of\nmemory", request_id="req-42", category="server")
-    assert cli._describe(error) == "Request failed: out of memory (request id: req-42)"
+    assert cli_messages.describe(error) == "Request failed: out of memory (request id: req-42)"
 
 
 def test_debug_prints_the_traceback() -> None:
