@@ -118,22 +118,13 @@ def _run_sequence(
     plan: GenerationPlan, index: int, cancel: CancelFlag, delay_s: float, emit: Optional[Emit]
 ) -> SampledSequence:
     generation = plan.model.start(plan.prompt, plan.params, index)
-    # Streamed tokens are paced one by one (the client sees them arrive); an answer read whole
-    # waits the same total once, after generating: a token-by-token wait woke every generation
-    # ten times a second, which at thousands in flight cost the server more CPU than the work.
-    paced = delay_s if emit is not None else 0.0
-    started = time.monotonic()
     for position, (token, logprob) in enumerate(generation):
-        if cancel.wait(paced) if paced else cancel.is_set():
+        if cancel.wait(delay_s) if delay_s else cancel.is_set():
             raise GenerationCancelled
         if position % _YIELD_EVERY == _YIELD_EVERY - 1:
             time.sleep(0)  # hand the GIL to the event loop: a long generation must not starve it
         if emit is not None:
             emit(("token", index, position, token, logprob))
-    if delay_s and emit is None:
-        remaining = delay_s * len(generation.tokens) - (time.monotonic() - started)
-        if remaining > 0 and cancel.wait(remaining):
-            raise GenerationCancelled
     stop_reason = generation.stop_reason
     assert stop_reason is not None
     if emit is not None:
