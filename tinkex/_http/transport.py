@@ -382,8 +382,7 @@ class Transport:
                 # A plain body of a known, allowed size (nearly every answer): one read. The
                 # watchdog still cuts it at the deadline; the check after catches a late finish.
                 content: bytes = raw.read()
-                if deadline is not None and self.clock.monotonic() > deadline:
-                    raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
+                self._check_reading_deadline(url, deadline)
                 return content
             return self._collect(raw.stream(_READ_CHUNK, decode_content=True), raw.headers, url, deadline)
         except _DeadlineExceeded:
@@ -463,10 +462,13 @@ class Transport:
             total += len(chunk)
             if total > limit:
                 raise APIConnectionError(f"{url} answered more than max_response_bytes={limit}", url=url)
-            if deadline is not None and self.clock.monotonic() > deadline:
-                raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
+            self._check_reading_deadline(url, deadline)
             parts.append(chunk)
         return b"".join(parts)
+
+    def _check_reading_deadline(self, url: str, deadline: Optional[float]) -> None:
+        if deadline is not None and self.clock.monotonic() > deadline:
+            raise _DeadlineExceeded(f"reading the answer of {url} ran past the deadline", url=url)
 
     def close(self) -> None:
         """Close the pool and abort calls still blocked in a read; idempotent."""
