@@ -51,8 +51,15 @@ def hostile() -> Iterator[HostileServer]:
         yield server
 
 
+#: Threads of a LocalServer, which a session-scoped fixture of another suite may keep running
+#: (the clients under test here never start them).
+SERVER_THREADS = ("tinkex-local-server", "tinkex-generate")
+
+
 def tinkex_threads() -> list:
-    return [t.name for t in threading.enumerate() if t.name.startswith("tinkex")]
+    """The client threads still alive (a LocalServer's own threads are not the client's)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("tinkex") and not t.name.startswith(
+        SERVER_THREADS)]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from tests.support.virtual_clock import VirtualClock
 from tinkex._config import Config
 from tinkex._http import FakeTransport
+from tinkex._http.pool import send_request
 from tinkex._http.transport import Transport
 from tinkex.errors import APIConnectionError, APITimeoutError, AuthenticationError, InternalServerError
 
@@ -111,3 +114,24 @@ def test_the_shared_timeouts_stay_few_however_many_read_timeouts_calls_use() -> 
         assert with_deadline is not built[-1] and with_deadline.read_timeout <= 2.0
     finally:
         real.close()
+
+
+class _RefusingConnection:
+    """A connection whose send fails as ``error`` does (the direct path's one step before reading)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+
+    def request(self, *args: object, **kwargs: object) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError(32, "broken pipe"), OSError(errno.ECONNRESET, "reset"),
+                                   OSError(errno.EPROTOTYPE, "wrong type")], ids=["EPIPE", "ECONNRESET", "EPROTOTYPE"])
+def test_a_send_cut_by_a_server_that_already_answered_goes_on_to_read_its_answer(error: OSError) -> None:
+    send_request(_RefusingConnection(error), "POST", "/api/v1/asample", b"{}", {})  # no error: the answer is read next
+
+
+def test_any_other_send_failure_is_raised() -> None:
+    with pytest.raises(ConnectionRefusedError):
+        send_request(_RefusingConnection(ConnectionRefusedError(errno.ECONNREFUSED, "refused")), "POST", "/", None, {})

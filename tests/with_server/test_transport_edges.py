@@ -8,7 +8,7 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from tests.reliability.hostile_server import HostileServer, json_reply, raw, redirect, reply
+from tests.reliability.hostile_server import HostileServer, drop, json_reply, raw, redirect, reply, then
 from tests.support.virtual_clock import VirtualClock
 from tinkex import errors
 from tinkex._config import Config
@@ -228,3 +228,22 @@ def test_reading_a_stream_with_the_urllib3_1_body_api(hostile: HostileServer, ch
         assert pieces == EVENTS
     else:
         assert all(len(piece) == 16 for piece in pieces[:-1]) and len(pieces) == -(-len(body) // 16)
+
+
+@pytest.mark.parametrize("answer", [raw(b"garbage that is no status line\r\n\r\n"), drop()],
+                         ids=["bad-status-line", "closed-without-answer"])
+def test_failed_direct_sends_give_their_connections_back(hostile: HostileServer, answer: Any,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """More failed sends than the pool holds: each is a typed connection error, each closes its
+    connection and frees its place, so later calls still get one (no "pool is full" warning)."""
+    failures = then(answer, 5, json_reply({"session_id": "s"}))
+    hostile.on(API + "create_session", failures)
+    transport = make(hostile, VirtualClock(), pool_size=2)
+    try:
+        for _ in range(5):
+            with pytest.raises(errors.APIConnectionError, match="without an answer|reset by the server"):
+                transport.request("POST", "create_session", body={}, max_retries=0)
+        assert transport.request("POST", "create_session", body={}, max_retries=0).json("x") == {"session_id": "s"}
+    finally:
+        transport.close()
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 from typing import Any, Iterator, List, Tuple, Type
@@ -28,7 +29,8 @@ __all__ = ["library_error", "is_timeout", "check_headers", "LIBRARY_ERRORS"]
 
 #: What the HTTP layer catches around a send or a read; anything else is a bug and propagates.
 LIBRARY_ERRORS: Tuple[Type[BaseException], ...] = (
-    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError,
+    requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError,
+    ValueError,
 )
 
 _TIMEOUTS: Tuple[Type[BaseException], ...] = (
@@ -50,7 +52,8 @@ _CAUSES: List[Tuple[Tuple[Type[BaseException], ...], str]] = [
      "timed out waiting for the answer"),
     ((ConnectionResetError,), "the connection was reset by the server"),
     ((BrokenPipeError,), "the server closed the connection while the request was sent"),
-    ((urllib3.exceptions.ProtocolError, ConnectionError), "the server closed the connection without an answer"),
+    ((urllib3.exceptions.ProtocolError, ConnectionError, http.client.HTTPException),
+     "the server closed the connection without an answer"),
     ((urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError), "the answer could not be "
                                                                                  "decompressed"),
     ((urllib3.exceptions.HeaderParsingError, requests.exceptions.InvalidHeader), "malformed response headers"),

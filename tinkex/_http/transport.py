@@ -333,10 +333,8 @@ class Transport:
             raise APIConnectionError("the client is closed", url=self.url(path))
         url = self.url(path)
         try:
-            raw = self._direct_pool().urlopen(
-                method, self._path_prefix + path.lstrip("/"), body=payload, headers=headers, retries=_NO_RETRIES,
-                redirect=False, timeout=self._urllib3_timeout(read_timeout, deadline), preload_content=False,
-                assert_same_host=False)
+            raw = self._direct_pool().send(method, self._path_prefix + path.lstrip("/"), payload, headers,
+                                           self._urllib3_timeout(read_timeout, deadline))
         except LIBRARY_ERRORS as exc:
             raise library_error(method, url, exc) from None
         try:
@@ -486,11 +484,6 @@ def _log_connection_retry(exc: APIConnectionError, taken: int, retries: int, del
     level = logging.WARNING if taken == 0 else logging.DEBUG
     # The text, not the exception: a kept log record must not keep its traceback (and sockets) alive.
     logger.log(level, "%s; retrying in %.1f s (retry %d of %d)", str(exc), delay, taken + 1, retries)
-
-
-#: urllib3 must not retry or follow anything on the direct path (the transport does both); the
-#: same value ``retries=False, redirect=False`` would build on every call, built once.
-_NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
 
 class _DeadlineExceeded(APITimeoutError):
