@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     parser.add_argument("--no-floor", dest="floor", action="store_false", default=True,
                         help="skip the one-at-a-time comparison with bare http.client and urllib3 loops")
-    parser.add_argument("--floor-samples", type=int, default=500, help="samples per repetition of that comparison")
+    parser.add_argument("--floor-samples", type=int, default=25,
+                        help="samples per turn of each loop in that comparison (the loops take turns)")
+    parser.add_argument("--floor-rounds", type=int, default=60,
+                        help="turns of each loop (medians are reported; short turns spread the machine's noise evenly)")
     return parser
 
 
@@ -168,7 +171,7 @@ def _floor(url: str, client: Any, prompt: Any, params: Any, args: argparse.Names
     reps: Dict[str, List[float]] = {name: [] for name in loops}
     for loop in loops.values():
         loop(50)  # warm every connection and code path first
-    for _ in range(args.repetitions):
+    for _ in range(args.floor_rounds):
         for name, loop in loops.items():
             reps[name].append(floor.cpu_us_per_sample(loop, args.floor_samples))
     return {name: statistics.median(values) for name, values in reps.items()}
@@ -270,7 +273,8 @@ def report(ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> None:
     floor = ours.get("floor")
     if floor:
         base = floor["urllib3 loop"]
-        print("\n# one sample at a time, client CPU per sample (medians, same process, same server)")
+        print("\n# one sample at a time, client CPU per sample (medians of short turns, the loops taking turns; "
+              "same process, same server)")
         for name, value in floor.items():
             print(f"{name:38} {value:10.0f} us   {value / base:5.2f}x the urllib3 loop")
         parts = {
@@ -278,7 +282,8 @@ def report(ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> None:
             "tinkex's HTTP layer over urllib3": floor["tinkex Transport.request x2"] - base,
             "sampling layer (build, gates, poll loop, decode)": (
                 floor["tinkex Sampler.execute"] - floor["tinkex Transport.request x2"]),
-            "future, worker hand-off and settling": floor["tinkex sample().result()"] - floor["tinkex Sampler.execute"],
+            "sample(): future, pool submit, settling": (
+                floor["tinkex sample().result()"] - floor["tinkex Sampler.execute"]),
         }
         print("# where tinkex's CPU per sample goes (differences of the loops above)")
         for name, value in parts.items():

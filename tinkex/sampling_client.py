@@ -302,8 +302,10 @@ class SamplingClient:
             self._pending_peak = max(self._pending_peak, len(self._pending))
         future.add_done_callback(self._forget)
         while True:
+            work = functools.partial(self._run, engine, future, call, finish, state)
+            future.run_with(work)
             try:
-                engine.executor.submit(self._run, engine, future, call, finish, state)
+                engine.executor.submit(work)
                 return future
             except RuntimeError:  # that pool shut down: the client closed, or it was just replaced
                 newer = self._engine
@@ -334,7 +336,7 @@ class SamplingClient:
 
     def _run(self, engine: Engine, future: SampleFuture[Any], call: SampleCall,
              finish: Optional[Callable[[SampleResponse], Any]], state: Snapshot) -> None:
-        if not future.set_running_or_notify_cancel():
+        if not future.claim():  # a caller waiting in result() may have started it on its own thread
             return
         settle = functools.partial(self._settle, engine.sampler, future, finish, state, self._clock.monotonic())
         if state.client_config.sample_use_retrieve_futures:  # poller mode: no thread held while waiting
@@ -342,6 +344,9 @@ class SamplingClient:
             return
         try:
             result = engine.sampler.execute(state, call)
+        except (KeyboardInterrupt, SystemExit):  # only on a caller's thread running its own sample
+            future.cancel()  # the caller abandons the sample, as it would abandon its wait
+            raise
         except BaseException as exc:  # every failure reaches the future; nothing is swallowed
             settle(None, exc)
         else:

@@ -57,3 +57,55 @@ def test_a_known_prompt_length_still_bounds_the_same_arguments() -> None:
     extras = Extras(include_prompt_logprobs=True, prompt_logprobs_last_n=50)
     with pytest.raises(ValidationError, match=r"at most len\(prompt\) - 1 = 4"):
         build_request(prompt, types.SamplingParams(max_tokens=2), 1, extras)
+
+
+def _work_for(future: SampleFuture[str], ran_on: List[str]) -> Any:
+    """The shape of the client's work: claim first, do nothing when another thread has it."""
+    def work() -> None:
+        if not future.claim():
+            return
+        ran_on.append(threading.current_thread().name)
+        future.set_result("done")
+    return work
+
+
+def test_waiting_on_a_sample_no_worker_started_runs_it_on_the_waiting_thread() -> None:
+    future: SampleFuture[str] = SampleFuture()
+    ran_on: List[str] = []
+    future.run_with(_work_for(future, ran_on))
+    assert future.result() == "done"
+    assert ran_on == [threading.current_thread().name]
+
+
+def test_a_bounded_wait_never_runs_the_work_itself() -> None:
+    future: SampleFuture[str] = SampleFuture()
+    ran_on: List[str] = []
+    future.run_with(_work_for(future, ran_on))
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(timeout=0.01)
+    assert ran_on == [] and not future.running()
+
+
+def test_work_a_worker_already_claimed_is_waited_for_not_run_twice() -> None:
+    future: SampleFuture[str] = SampleFuture()
+    ran_on: List[str] = []
+    work = _work_for(future, ran_on)
+    future.run_with(work)
+    assert future.claim()  # a worker got there first
+    assert not future.claim()  # nobody else can start it
+    finisher = threading.Timer(0.05, lambda: future.set_result("by the worker"))
+    finisher.start()
+    assert future.result() == "by the worker"
+    finisher.join()
+    work()  # the pool's copy of the work, run late, does nothing
+    assert ran_on == []
+
+
+def test_a_cancelled_sample_is_neither_claimed_nor_run_by_its_waiter() -> None:
+    future: SampleFuture[str] = SampleFuture()
+    ran_on: List[str] = []
+    future.run_with(_work_for(future, ran_on))
+    assert future.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result()
+    assert not future.claim() and ran_on == []

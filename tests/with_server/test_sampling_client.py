@@ -275,3 +275,22 @@ def test_key_not_in_repr(service: tinkex.ServiceClient) -> None:
     key = service.config.api_key
     assert key not in repr(service) and key not in repr(client) and key not in repr(service.config)
     assert os.environ.get("TINKER_API_KEY") is None
+
+
+def test_a_caller_waiting_on_its_sample_runs_it_itself_and_a_bounded_wait_leaves_it_to_a_worker(
+        service: tinkex.ServiceClient, caplog: pytest.LogCaptureFixture) -> None:
+    """``sample().result()`` one at a time costs no hand-off: the waiting thread runs the sample
+    (its HTTP calls log from that thread); ``result(timeout)`` must return on time, so a worker
+    runs the sample instead."""
+    client = service.create_sampling_client(base_model=ECHO_MODEL)
+    params = types.SamplingParams(max_tokens=4, seed=1)
+    client.sample(PROMPT, 1, params).result()  # the pool's first worker now exists
+    with caplog.at_level(logging.DEBUG, logger="tinkex._http.transport"):
+        inline = client.sample(PROMPT, 1, params).result()
+        caller = {r.threadName for r in caplog.records if "asample" in r.getMessage()}
+        caplog.clear()
+        pooled = client.sample(PROMPT, 1, params).result(timeout=30)
+        worker = {r.threadName for r in caplog.records if "asample" in r.getMessage()}
+    assert caller == {threading.current_thread().name}
+    assert len(worker) == 1 and next(iter(worker)).startswith("tinkex-sample")
+    assert inline.sequences[0].tokens == pooled.sequences[0].tokens  # same seed, same answer either way

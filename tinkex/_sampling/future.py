@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, PENDING, RUNNING
 from typing import Any, Callable, Generator, Optional, TypeVar
 
 __all__ = ["APIFuture", "Cancelled", "Final", "SampleFuture"]
@@ -84,7 +84,14 @@ class SampleFuture(APIFuture[T]):
     Cancelling a running sample stops its polling (and, where the server enables it,
     sends ``cancel_future``); ``result(timeout)`` that times out cancels nothing.
 
-    Thread-safety: like any Future, safe to use from any thread.
+    A thread that waits with ``result()`` (no timeout) for a sample no worker has started yet
+    runs it itself instead of sleeping while a worker runs it: the work is submitted to the
+    pool as usual, and whichever thread claims it first (:meth:`claim`) runs it. One sample
+    at a time then costs no hand-off between threads; a bounded ``result(timeout)`` never
+    runs the work, so it returns on time.
+
+    Thread-safety: like any Future, safe to use from any thread; :meth:`claim` lets exactly
+    one thread start the work.
 
     Example:
         >>> fut: SampleFuture[int] = SampleFuture()
@@ -97,6 +104,27 @@ class SampleFuture(APIFuture[T]):
         super().__init__()
         self.cancel_event = cancel_event if cancel_event is not None else threading.Event()
         self._on_cancel = on_cancel  # cuts the running sample's HTTP call at once
+        self._work: Optional[Callable[[], None]] = None  # the work the pool was given, see run_with()
+
+    def run_with(self, work: Callable[[], None]) -> None:
+        """Name the work the pool runs for this future; ``result()`` runs it if no worker has
+        started it yet. ``work`` must begin with :meth:`claim` and do nothing when that fails."""
+        self._work = work
+
+    def claim(self) -> bool:
+        """Start the work: True for the one thread that moves this future from pending to running;
+        False if another thread already did, or it is cancelled (waiters are told) or done."""
+        with self._condition:
+            if self._state not in (PENDING, CANCELLED):
+                return False
+            return self.set_running_or_notify_cancel()
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        work = self._work
+        if work is not None and timeout is None and self._state == PENDING:
+            self._work = None
+            work()  # claims the work first: a worker that got there before us keeps it
+        return super().result(timeout)
 
     def cancel(self) -> bool:
         if super().cancel():

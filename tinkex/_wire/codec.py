@@ -36,6 +36,10 @@ def _reject_constant(name: str) -> Any:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+#: json.dumps with these options builds a new encoder on every call; this one is shared (it keeps no state).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(value: Any) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON.
 
@@ -48,7 +52,7 @@ def dumps(value: Any) -> bytes:
         b'{"temperature":1.0,"top_k":-1}'
     """
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(value)
     except ValueError as exc:
         raise _value_error(value, exc) from None
     except TypeError as exc:

@@ -12,7 +12,7 @@ from ..errors import DecodeError, ValidationError
 from ._arrays import TopkArrays, float32_array, int32_array, topk_arrays
 from ._model_input import ModelInput
 from ._tensor import PromptAltTokens, TensorData
-from ._wire import decode_list, fields_to_json, get_field, int_list, optional_float_list, require_mapping
+from ._wire import decode_list, evolve, fields_to_json, get_field, int_list, optional_float_list, require_mapping
 
 __all__ = [
     "StopReason",
@@ -437,6 +437,6 @@ class SampleResponse:
             return self
         ids = list(sequence_ids)
         sequences = [
-            attrs.evolve(seq, sequence_id=ids[i]) if i < len(ids) else seq for i, seq in enumerate(self.sequences)
+            evolve(seq, sequence_id=ids[i]) if i < len(ids) else seq for i, seq in enumerate(self.sequences)
         ]
-        return attrs.evolve(self, sequences=sequences)
+        return evolve(self, sequences=sequences)

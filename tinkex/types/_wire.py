@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Dict, List, Mapping, Optional, Type, TypeVar
+from collections.abc import Mapping
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
 
 import attrs
 
@@ -14,8 +15,14 @@ T = TypeVar("T")
 _ABSENT = object()
 
 
+#: Values JSON takes as they are: checked first, as nearly every field holds one.
+_PLAIN = frozenset({int, float, str, bool})
+
+
 def to_wire(value: Any) -> Any:
     """Encode an attrs value, list or scalar for JSON: None fields omitted, enums as values."""
+    if type(value) in _PLAIN:
+        return value
     if attrs.has(type(value)):
         encode = getattr(value, "to_json", None)
         if encode is not None:
@@ -33,13 +40,51 @@ def to_wire(value: Any) -> Any:
 def fields_to_json(value: Any) -> Dict[str, Any]:
     """Encode an attrs instance field by field, in declaration order, leaving out None."""
     out: Dict[str, Any] = {}
-    for field in attrs.fields(type(value)):
-        if field.metadata.get("wire") is False:
-            continue
-        item = getattr(value, field.name)
+    for name in _wire_names(type(value)):
+        item = getattr(value, name)
         if item is not None:
-            out[field.name] = to_wire(item)
+            out[name] = to_wire(item)
     return out
+
+
+def evolve(value: T, **changes: Any) -> T:
+    """``attrs.evolve`` with the class's init fields looked up once per class (it runs per sample).
+
+    Example:
+        >>> import attrs
+        >>> @attrs.frozen
+        ... class Point:
+        ...     x: int
+        ...     y: int = 0
+        >>> evolve(Point(1, 2), y=5)
+        Point(x=1, y=5)
+    """
+    cls = type(value)
+    for name, alias in _init_fields(cls):
+        if alias not in changes:
+            changes[alias] = getattr(value, name)
+    return cls(**changes)
+
+
+# Per attrs class (a handful), filled on first use; a dict read or insert is atomic under the GIL.
+_INIT_FIELDS: Dict[type, Tuple[Tuple[str, str], ...]] = {}
+_WIRE_NAMES: Dict[type, Tuple[str, ...]] = {}
+
+
+def _init_fields(cls: type) -> Tuple[Tuple[str, str], ...]:
+    found = _INIT_FIELDS.get(cls)
+    if found is None:
+        found = _INIT_FIELDS[cls] = tuple((field.name, field.alias) for field in attrs.fields(cls) if field.init)
+    return found
+
+
+def _wire_names(cls: type) -> Tuple[str, ...]:
+    """The fields of ``cls`` that go on the wire, in declaration order (looked up once per class)."""
+    found = _WIRE_NAMES.get(cls)
+    if found is None:
+        found = _WIRE_NAMES[cls] = tuple(
+            field.name for field in attrs.fields(cls) if field.metadata.get("wire") is not False)
+    return found
 
 
 def require_mapping(data: Any, what: str) -> Mapping[str, Any]:
