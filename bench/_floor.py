@@ -141,6 +141,30 @@ def sampler_loop(client: Any, prompt: Any, params: Any) -> Loop:
     return run
 
 
+def replayed_loops(client: Any, prompt: Any, params: Any) -> Dict[str, Loop]:
+    """tinkex's two whole-sample loops with the transport's one network step replaying the answers
+    of a real sample (recorded here first): what is left is tinkex's own Python, with no socket
+    and no wait. Call ``restore_network(client)`` when done."""
+    transport = client._engine.transport  # a benchmark may read privates
+    real = transport._send_once
+    answers: Dict[str, Any] = {}
+
+    def record(method: str, path: str, *rest: Any) -> Any:
+        answers[path] = real(method, path, *rest)
+        return answers[path]
+
+    transport._send_once = record
+    client.sample(prompt, 1, params).result()
+    transport._send_once = lambda method, path, *rest: answers[path]
+    return {"tinkex Sampler.execute, network replayed": sampler_loop(client, prompt, params),
+            "tinkex sample().result(), network replayed": lambda n: [
+                client.sample(prompt, 1, params).result() for _ in range(n)]}
+
+
+def restore_network(client: Any) -> None:
+    del client._engine.transport._send_once  # the instance attribute goes; the method is back
+
+
 def handoff_loop() -> Loop:
     """A no-op submitted to a ``ThreadPoolExecutor`` and waited for, one at a time: the price of
     the hand-off to a worker thread and back that every ``sample().result()`` pays."""
