@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import threading
+import weakref
 from typing import Any, List
 
 import pytest
@@ -109,3 +111,22 @@ def test_a_cancelled_sample_is_neither_claimed_nor_run_by_its_waiter() -> None:
     with pytest.raises(concurrent.futures.CancelledError):
         future.result()
     assert not future.claim() and ran_on == []
+
+
+def test_a_started_or_cancelled_future_lets_go_of_its_work() -> None:
+    """Batch callers keep thousands of finished futures: none may keep its request's work alive."""
+    class Request:
+        pass
+
+    def future_holding(request: Request) -> SampleFuture[str]:
+        future: SampleFuture[str] = SampleFuture()
+        future.run_with(lambda: None if request is None else None)  # the work holds the request
+        return future
+
+    started_request, cancelled_request = Request(), Request()
+    started, cancelled = future_holding(started_request), future_holding(cancelled_request)
+    refs = [weakref.ref(started_request), weakref.ref(cancelled_request)]
+    del started_request, cancelled_request
+    assert started.claim() and cancelled.cancel()
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

@@ -115,6 +115,7 @@ class SampleFuture(APIFuture[T]):
         """Start the work: True for the one thread that moves this future from pending to running;
         False if another thread already did, or it is cancelled (waiters are told) or done."""
         with self._condition:
+            self._work = None  # started, or never to start: a kept future must not keep its request alive
             if self._state not in (PENDING, CANCELLED):
                 return False
             return self.set_running_or_notify_cancel()
@@ -128,6 +129,7 @@ class SampleFuture(APIFuture[T]):
 
     def cancel(self) -> bool:
         if super().cancel():
+            self._work = None
             self._stop_work()
             return True
         with self._condition:
