@@ -8,10 +8,11 @@ hosts, odd status codes, hostile bodies).
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union
 
 import attrs
 
@@ -84,11 +85,20 @@ class LoopbackServer:
             return [r for r in self.requests if r.path == path]
 
 
+class _HangUpTolerantServer(ThreadingHTTPServer):
+    """Prints a handler's error, unless it is the test's client hanging up mid-answer on purpose
+    (a close, a cancel or a deadline cutting the call is what many tests do)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class ScriptedServer(LoopbackServer):
     """Serves queued answers; an unscripted path answers 404. Thread-safe: one lock guards the script."""
 
     def __init__(self) -> None:
-        super().__init__(ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class()), "scripted-server")
+        super().__init__(_HangUpTolerantServer(("127.0.0.1", 0), self._handler_class()), "scripted-server")
         self._script: Dict[str, Deque[Script]] = collections.defaultdict(collections.deque)
         self._default: Dict[str, Script] = {}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from typing import Any, Mapping, Optional
 
@@ -43,11 +44,25 @@ def apply_log_level(name: Optional[str]) -> None:
     global _handler, _level
     with _lock:
         if _handler is None:
-            _handler = logging.StreamHandler()
+            _handler = _StderrHandler()
             _handler.setFormatter(logging.Formatter(_FORMAT))
             logging.getLogger("tinkex").addHandler(_handler)
         _level = level if _level is None else min(_level, level)
         logging.getLogger("tinkex").setLevel(_level)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is written, not as it was when logging was
+    turned on: a stderr replaced since (a notebook, a test's capture) and closed must not turn
+    every later line into a "Logging error"."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
 
 
 class LazyRequestId:

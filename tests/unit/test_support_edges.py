@@ -173,3 +173,22 @@ def test_python_dash_m_tinkex_runs_the_cli_only_as_the_main_module(monkeypatch: 
     with pytest.raises(SystemExit) as exited:
         runpy.run_module("tinkex.__main__", run_name="__main__")
     assert exited.value.code == 3 and calls == [1]
+
+
+def test_the_log_handler_writes_to_stderr_as_it_is_now_not_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stderr replaced and closed after logging was turned on (a test's capture, a notebook)
+    must not turn later lines into "--- Logging error ---" noise: each line goes to the stderr
+    of the moment it is written."""
+    import io
+    import logging
+
+    from tinkex._logging import _StderrHandler
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = _StderrHandler()
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # a failed write would raise here, not print
+    handler.emit(logging.LogRecord("tinkex.test", logging.WARNING, __file__, 1, "written %s", ("now",), None))
+    assert second.getvalue() == "written now\n"
