@@ -67,24 +67,25 @@ def evolve(value: T, **changes: Any) -> T:
 
 
 # Per attrs class (a handful), filled on first use; a dict read or insert is atomic under the GIL.
-_INIT_FIELDS: Dict[type, Tuple[Tuple[str, str], ...]] = {}
-_WIRE_NAMES: Dict[type, Tuple[str, ...]] = {}
+_INIT_FIELDS: Dict[type, Tuple[Any, ...]] = {}
+_WIRE_NAMES: Dict[type, Tuple[Any, ...]] = {}
+
+
+def _per_class(cache: Dict[type, Tuple[Any, ...]], cls: type, pick: Callable[[Any], Any]) -> Tuple[Any, ...]:
+    """``pick(field)`` of every field of ``cls`` it does not skip (None), worked out once per class."""
+    found = cache.get(cls)
+    if found is None:
+        found = cache[cls] = tuple(item for item in map(pick, attrs.fields(cls)) if item is not None)
+    return found
 
 
 def _init_fields(cls: type) -> Tuple[Tuple[str, str], ...]:
-    found = _INIT_FIELDS.get(cls)
-    if found is None:
-        found = _INIT_FIELDS[cls] = tuple((field.name, field.alias) for field in attrs.fields(cls) if field.init)
-    return found
+    return _per_class(_INIT_FIELDS, cls, lambda field: (field.name, field.alias) if field.init else None)
 
 
 def _wire_names(cls: type) -> Tuple[str, ...]:
-    """The fields of ``cls`` that go on the wire, in declaration order (looked up once per class)."""
-    found = _WIRE_NAMES.get(cls)
-    if found is None:
-        found = _WIRE_NAMES[cls] = tuple(
-            field.name for field in attrs.fields(cls) if field.metadata.get("wire") is not False)
-    return found
+    """The fields of ``cls`` that go on the wire, in declaration order."""
+    return _per_class(_WIRE_NAMES, cls, lambda field: None if field.metadata.get("wire") is False else field.name)
 
 
 def require_mapping(data: Any, what: str) -> Mapping[str, Any]:
