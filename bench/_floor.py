@@ -141,6 +141,15 @@ def sampler_loop(client: Any, prompt: Any, params: Any) -> Loop:
     return run
 
 
+def sample_loop(client: Any, prompt: Any, params: Any) -> Loop:
+    """Whole samples as a user takes them, one at a time: ``client.sample(...).result()``."""
+    def run(n: int) -> None:
+        for _ in range(n):
+            client.sample(prompt, 1, params).result()
+
+    return run
+
+
 def replayed_loops(client: Any, prompt: Any, params: Any) -> Dict[str, Loop]:
     """tinkex's two whole-sample loops with the transport's one network step replaying the answers
     of a real sample (recorded here first): what is left is tinkex's own Python, with no socket
@@ -157,8 +166,7 @@ def replayed_loops(client: Any, prompt: Any, params: Any) -> Dict[str, Loop]:
     client.sample(prompt, 1, params).result()
     transport._send_once = lambda method, path, *rest: answers[path]
     return {"tinkex Sampler.execute, network replayed": sampler_loop(client, prompt, params),
-            "tinkex sample().result(), network replayed": lambda n: [
-                client.sample(prompt, 1, params).result() for _ in range(n)]}
+            "tinkex sample().result(), network replayed": sample_loop(client, prompt, params)}
 
 
 def restore_network(client: Any) -> None:
@@ -167,7 +175,8 @@ def restore_network(client: Any) -> None:
 
 def handoff_loop() -> Loop:
     """A no-op submitted to a ``ThreadPoolExecutor`` and waited for, one at a time: the price of
-    the hand-off to a worker thread and back that every ``sample().result()`` pays."""
+    the hand-off to a worker thread and back, paid when a worker runs the sample (a bounded
+    ``result(timeout)``, or a worker got there before the waiting caller)."""
     import concurrent.futures
 
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=4)

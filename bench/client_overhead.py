@@ -165,7 +165,7 @@ def _floor(url: str, client: Any, prompt: Any, params: Any, args: argparse.Names
         "urllib3 loop": floor.urllib3_loop(url, API_KEY, client.sampling_session_id, request),
         "tinkex Transport.request x2": floor.transport_loop(client, request),
         "tinkex Sampler.execute": floor.sampler_loop(client, prompt, params),
-        "tinkex sample().result()": lambda n: [client.sample(prompt, 1, params).result() for _ in range(n)],
+        "tinkex sample().result()": floor.sample_loop(client, prompt, params),
         "thread hand-off (no-op)": floor.handoff_loop(),
     }
     reps: Dict[str, List[float]] = {name: [] for name in loops}
