@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+from tinkex import _limits as limits_module
 from tinkex._limits import BackoffGate, BytesBudget, DispatchGate, Slots, estimate_bytes
 from tinkex.errors import APITimeoutError, ClientClosedError
 from tinkex.types import EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput
@@ -186,7 +187,9 @@ def test_stop_event_interrupts_a_waiter_and_the_next_one_moves_up() -> None:
     assert budget.remaining == -1 and budget.waiting == 0
 
 
-def test_stop_event_is_noticed_without_a_wake_up_call() -> None:
+def test_stop_event_is_noticed_without_a_wake_up_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The last-resort period is seconds long in production; shortened so the test stays quick.
+    monkeypatch.setattr(limits_module, "STOP_CHECK_INTERVAL", 0.05)
     budget = BytesBudget(0)
     budget.acquire(1)
     stop = threading.Event()
