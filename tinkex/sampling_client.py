@@ -15,19 +15,17 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, List, Mapping, Optional, Set, Tuple
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._config import redact_error
 from ._policy import PollPolicy, RetryConfig
-from ._sampling.call import Sampler
-from ._sampling.detached import DetachedRun
 from ._sampling.engine import RETIRE_ABOVE, Engine, build_engine
-from ._sampling.future import APIFuture, Cancelled, SampleFuture
+from ._sampling.future import APIFuture, SampleFuture
 from ._sampling.pickling import Ownership, decode_handle, encode_handle, reduce_payload, restore_sampling_client
 from ._sampling.request import Extras, build_request, check_answer
+from ._sampling.runner import CallRunner
 from ._sampling.snapshot import SampleCall, Snapshot
 from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
 from ._sampling.target import SamplingTarget, TargetSpec
 from ._session import Holder, register_for_exit, unregister_for_exit
-from .errors import ClientClosedError, TinkexError, ValidationError
+from .errors import ClientClosedError, TinkexError
 from .queue_state import QueueStateLogger
 from .telemetry import Telemetry
 from .types import ModelInput, QueueState, SampleRequest, SampleResponse, SamplingParams, TensorData
@@ -89,6 +87,7 @@ class SamplingClient:
         self._ownership = _ownership or Ownership()
         self._clock = clock
         self._telemetry = Telemetry()
+        self._runner = CallRunner(self._telemetry, clock, holder)
         self._default_logger = QueueStateLogger()
         self._observer = queue_state_observer if queue_state_observer is not None else self._default_logger
         self._engine: Optional[Engine] = None
@@ -239,7 +238,7 @@ class SamplingClient:
         """
         extras = Extras(include_prompt_logprobs, topk_prompt_logprobs, topk_sample_logprobs, target_prompt_logprobs,
                         prompt_alt_tokens_k, prompt_logprobs_last_n, self._record_stability_info)
-        request = _request(prompt, sampling_params, num_samples, extras)
+        request = build_request(prompt, sampling_params, num_samples, extras)
         future: SampleFuture[SampleResponse] = self._submit(
             request, prompt, timeout, "SamplingClient.sample", _checker(request))
         return future
@@ -278,7 +277,7 @@ class SamplingClient:
         """
         extras = Extras(include_prompt_logprobs=True, topk_prompt_logprobs=topk_prompt_logprobs,
                         prompt_logprobs_last_n=prompt_logprobs_last_n)
-        request = _request(prompt, _LOGPROB_PARAMS, 1, extras)
+        request = build_request(prompt, _LOGPROB_PARAMS, 1, extras)
         check = _checker(request)
         future: SampleFuture[List[Optional[float]]] = self._submit(
             request, prompt, timeout, "SamplingClient.compute_logprobs", lambda r: check(r).prompt_logprobs or [])
@@ -302,7 +301,7 @@ class SamplingClient:
             self._pending_peak = max(self._pending_peak, len(self._pending))
         future.add_done_callback(self._forget)
         while True:
-            work = functools.partial(self._run, engine, future, call, finish, state)
+            work = functools.partial(self._runner.run, engine, future, call, finish, state)
             future.run_with(work)
             try:
                 engine.executor.submit(work)
@@ -334,43 +333,6 @@ class SamplingClient:
         with self._pending_lock:
             self._pending.discard(future)
 
-    def _run(self, engine: Engine, future: SampleFuture[Any], call: SampleCall,
-             finish: Optional[Callable[[SampleResponse], Any]], state: Snapshot) -> None:
-        if not future.claim():  # a caller waiting in result() may have started it on its own thread
-            return
-        settle = functools.partial(self._settle, engine.sampler, future, finish, state, self._clock.monotonic())
-        if state.client_config.sample_use_retrieve_futures:  # poller mode: no thread held while waiting
-            DetachedRun(engine.sampler, state, call, settle, lambda task: engine.executor.submit(task)).start()
-            return
-        try:
-            result = engine.sampler.execute(state, call)
-        except (KeyboardInterrupt, SystemExit):  # only on a caller's thread running its own sample
-            future.cancel()  # the caller abandons the sample, as it would abandon its wait
-            raise
-        except BaseException as exc:  # every failure reaches the future; nothing is swallowed
-            settle(None, exc)
-        else:
-            settle(result, None)
-
-    def _settle(self, sampler: Sampler, future: SampleFuture[Any], finish: Optional[Callable[[SampleResponse], Any]],
-                state: Snapshot, started: float, result: Optional[SampleResponse], error: Optional[BaseException],
-                ) -> None:
-        if isinstance(error, Cancelled):
-            self._telemetry.record("cancelled")
-            sampler.cancel_remote(error.request_id, state)
-        elif error is not None or result is None:
-            error = error or ValidationError("a sample ended without a result", field="result", value=None)
-            self._record_failure(error)
-            future.set_exception(redact_error(error, self._holder.config.api_key))
-        else:
-            self._telemetry.record("completed", latency=self._clock.monotonic() - started)
-            future.set_result(finish(result) if finish is not None else result)
-
-    def _record_failure(self, exc: BaseException) -> None:
-        category = getattr(exc, "category", None) or type(exc).__name__
-        self._telemetry.record("failure", category=category)
-        self._holder.report_exception(exc)
-
     def sample_stream(self, prompt: ModelInput, sampling_params: SamplingParams, num_samples: int = 1, *,
                       timeout: Optional[float] = None, idle_timeout: Optional[float] = None,
                       ) -> StreamIterator:
@@ -393,7 +355,7 @@ class SamplingClient:
                 APITimeoutError at the deadline or after ``idle_timeout`` of silence.
             RequestFailedError: raised while iterating for an ``error`` event.
         """
-        request = _request(prompt, sampling_params, num_samples, Extras())
+        request = build_request(prompt, sampling_params, num_samples, Extras())
         engine, state = self._running()
         call = SampleCall.of(request, prompt, timeout, self._clock, SDK_METHOD)
         idle = check_idle_timeout(idle_timeout)
@@ -528,10 +490,6 @@ class SamplingClient:
         """
         client: SamplingClient = restore_sampling_client(cls, {**decode_handle(handle), "api_key": api_key})
         return client.wait_ready()  # a stand-in (no key in this process) raises its ValidationError here
-
-
-def _request(prompt: Any, params: Any, num_samples: Any, extras: Extras) -> SampleRequest:
-    return build_request(prompt, params, num_samples, extras)
 
 
 def _checker(request: SampleRequest) -> Callable[[SampleResponse], SampleResponse]:
