@@ -150,6 +150,28 @@ def sample_loop(client: Any, prompt: Any, params: Any) -> Loop:
     return run
 
 
+def unwoken_sample_loop(client: Any, prompt: Any, params: Any) -> Loop:
+    """An experiment, not the product: ``sample().result()`` with the client's pool given nothing,
+    so no worker wakes and the waiting caller runs each sample itself, as ``result()`` does. What it
+    saves against :func:`sample_loop` is the price of waking a pool worker for a sample that its
+    caller then runs: the only way to avoid it would be to start a sample only once someone waits
+    for it, which tinkex does not do (``sample()`` starts the work at once, as the official SDK does)."""
+    import concurrent.futures
+
+    loop = sample_loop(client, prompt, params)
+
+    def run(n: int) -> None:
+        executor = client._engine.executor  # a benchmark may read privates; looked up each time, as
+        # the client replaces a pool that grew large (after the burst) with a fresh one when idle
+        executor.submit = lambda *_args, **_kwargs: concurrent.futures.Future()  # accepted, never run
+        try:
+            loop(n)
+        finally:
+            del executor.submit  # the instance attribute goes; the pool's method is back
+
+    return run
+
+
 def replayed_loops(client: Any, prompt: Any, params: Any) -> Dict[str, Loop]:
     """tinkex's two whole-sample loops with the transport's one network step replaying the answers
     of a real sample (recorded here first): what is left is tinkex's own Python, with no socket

@@ -166,6 +166,7 @@ def _floor(url: str, client: Any, prompt: Any, params: Any, args: argparse.Names
         "tinkex Transport.request x2": floor.transport_loop(client, request),
         "tinkex Sampler.execute": floor.sampler_loop(client, prompt, params),
         "tinkex sample().result()": floor.sample_loop(client, prompt, params),
+        "sample().result(), no worker woken": floor.unwoken_sample_loop(client, prompt, params),
         "thread hand-off (no-op)": floor.handoff_loop(),
     }
     reps: Dict[str, List[float]] = {name: [] for name in loops}
@@ -294,6 +295,8 @@ def report(ours: Dict[str, Any], theirs: Optional[Dict[str, Any]]) -> None:
                 floor["tinkex Sampler.execute"] - floor["tinkex Transport.request x2"]),
             "sample(): future, pool submit, settling": (
                 floor["tinkex sample().result()"] - floor["tinkex Sampler.execute"]),
+            "  of which waking a worker the caller beats": (
+                floor["tinkex sample().result()"] - floor["sample().result(), no worker woken"]),
         }
         print("# where tinkex's CPU per sample goes (differences of the loops above)")
         for name, value in parts.items():
