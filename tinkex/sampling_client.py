@@ -20,7 +20,7 @@ from ._sampling.engine import RETIRE_ABOVE, Engine, build_engine
 from ._sampling.future import APIFuture, SampleFuture
 from ._sampling.pickling import Ownership, decode_handle, encode_handle, reduce_payload, restore_sampling_client
 from ._sampling.request import Extras, build_request, check_answer
-from ._sampling.runner import CallRunner
+from ._sampling.runner import CallRunner, Finish
 from ._sampling.snapshot import SampleCall, Snapshot
 from ._sampling.stream import SDK_METHOD, StreamIterator, check_idle_timeout, open_stream, text_pieces
 from ._sampling.target import SamplingTarget, TargetSpec
@@ -290,7 +290,7 @@ class SamplingClient:
         return await self.compute_logprobs(prompt, prompt_logprobs_last_n, timeout=timeout)
 
     def _submit(self, request: SampleRequest, prompt: ModelInput, timeout: Optional[float], method: str,
-                finish: Optional[Callable[[SampleResponse], Any]]) -> Any:
+                finish: Finish) -> Any:
         engine, state = self._running()
         call = SampleCall.of(request, prompt, timeout, self._clock, method)
         # cancel() sets call.cancel itself; the abort cuts a read the worker is blocked in
