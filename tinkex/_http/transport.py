@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-import uuid
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Tuple, Union
 from urllib.parse import urlsplit
 
@@ -28,6 +27,7 @@ from .._wire import codec as _codec
 from ..errors import APIConnectionError, APIStatusError, APITimeoutError, DecodeError
 from .error_body import status_error
 from .errors import LIBRARY_ERRORS, check_headers, library_error
+from .idempotency import new_idempotency_key
 from .pool import REDIRECTS, TrackingAdapter, UrlOnly
 from .sse import EventStream
 from .watchdog import Abort, DeadlineWatchdog, abortable
@@ -280,7 +280,7 @@ class Transport:
         headers["X-API-Key"] = self._credential
         headers["x-stainless-read-timeout"] = str(read_timeout or self.config.timeout)
         if method != "GET":
-            headers["X-Idempotency-Key"] = f"tinkex-retry-{uuid.uuid4()}"
+            headers["X-Idempotency-Key"] = new_idempotency_key()
         if payload is not None:
             headers["Content-Type"] = "application/json"
         if extra:
