@@ -341,6 +341,8 @@ def decode_sample_response(data: Buffer, bounds: ResultBounds = _UNBOUNDED) -> S
 
 def _read_extras(buf: bytes, extras: Dict[Any, Any]) -> Dict[str, Any]:
     """Fields 5 and 6 (their bytes, merged), decoded when present."""
+    if not extras["present"]:
+        return {}  # the usual answer: nothing to set up
     framing = Framing(walk=_walk, expect=_expect, read_varint=_read_varint)
     out: Dict[str, Any] = {}
     view = memoryview(buf)
